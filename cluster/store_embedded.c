@@ -1,0 +1,152 @@
+/*
+ * store_embedded.c: the in-process store (see store.h).
+ *
+ * One mutex over one hash table: the embedded store serves a single node,
+ * where contention is bounded by the worker count. Expired entries are
+ * removed when touched and by a sweep every 1024 writes, so memory follows
+ * the live key set.
+ */
+#include <string.h>
+
+#include "store.h"
+
+typedef struct entry {
+    GBytes *val;      /* NULL for a counter */
+    uint64_t counter;
+    int64_t expires;  /* seconds on the store clock; 0 = never */
+} entry;
+
+typedef struct embedded {
+    mx_store base;
+    GMutex lock;
+    GHashTable *map;  /* char* -> entry* */
+    int64_t (*clock)(void);
+    unsigned writes;
+} embedded;
+
+static int64_t default_clock(void) { return g_get_monotonic_time() / G_USEC_PER_SEC; }
+
+static void entry_free(gpointer p)
+{
+    entry *e = p;
+    if (e->val)
+        g_bytes_unref(e->val);
+    g_free(e);
+}
+
+static entry *lookup(embedded *s, const char *key)
+{
+    entry *e = g_hash_table_lookup(s->map, key);
+    if (e && e->expires && e->expires <= s->clock()) {
+        g_hash_table_remove(s->map, key);
+        return NULL;
+    }
+    return e;
+}
+
+static gboolean expired(gpointer k, gpointer v, gpointer now)
+{
+    entry *e = v;
+    return e->expires && e->expires <= *(int64_t *)now;
+}
+
+static void after_write(embedded *s)
+{
+    if (++s->writes % 1024 == 0) {
+        int64_t now = s->clock();
+        g_hash_table_foreach_remove(s->map, expired, &now);
+    }
+}
+
+static mx_store_rc emb_get(mx_store *base, const char *key, GBytes **val)
+{
+    embedded *s = (embedded *)base;
+    g_mutex_lock(&s->lock);
+    entry *e = lookup(s, key);
+    mx_store_rc rc = MX_STORE_NOT_FOUND;
+    if (e) {
+        if (e->val) {
+            *val = g_bytes_ref(e->val);
+        } else {
+            char num[24];
+            int n = g_snprintf(num, sizeof(num), "%" G_GUINT64_FORMAT, e->counter);
+            *val = g_bytes_new(num, (gsize)n);
+        }
+        rc = MX_STORE_OK;
+    }
+    g_mutex_unlock(&s->lock);
+    return rc;
+}
+
+static mx_store_rc emb_set(mx_store *base, const char *key, const void *val, size_t len, int ttl)
+{
+    embedded *s = (embedded *)base;
+    entry *e = g_new0(entry, 1);
+    e->val = g_bytes_new(val, len);
+    g_mutex_lock(&s->lock);
+    e->expires = ttl > 0 ? s->clock() + ttl : 0;
+    g_hash_table_replace(s->map, g_strdup(key), e);
+    after_write(s);
+    g_mutex_unlock(&s->lock);
+    return MX_STORE_OK;
+}
+
+static mx_store_rc emb_incr(mx_store *base, const char *key, uint64_t delta, int ttl,
+                            uint64_t *now)
+{
+    embedded *s = (embedded *)base;
+    g_mutex_lock(&s->lock);
+    entry *e = lookup(s, key);
+    if (e && e->val) {
+        /* memcached semantics: incr on a non-number fails */
+        g_mutex_unlock(&s->lock);
+        return MX_STORE_ERROR;
+    }
+    if (!e) {
+        e = g_new0(entry, 1);
+        e->expires = ttl > 0 ? s->clock() + ttl : 0;
+        g_hash_table_replace(s->map, g_strdup(key), e);
+        after_write(s);
+    }
+    e->counter += delta;
+    if (now)
+        *now = e->counter;
+    g_mutex_unlock(&s->lock);
+    return MX_STORE_OK;
+}
+
+static mx_store_rc emb_del(mx_store *base, const char *key)
+{
+    embedded *s = (embedded *)base;
+    g_mutex_lock(&s->lock);
+    gboolean found = lookup(s, key) != NULL && g_hash_table_remove(s->map, key);
+    g_mutex_unlock(&s->lock);
+    return found ? MX_STORE_OK : MX_STORE_NOT_FOUND;
+}
+
+static void emb_destroy(mx_store *base)
+{
+    embedded *s = (embedded *)base;
+    g_hash_table_destroy(s->map);
+    g_mutex_clear(&s->lock);
+    g_free(s);
+}
+
+static const mx_store_ops embedded_ops = {
+    .name = "embedded",
+    .get = emb_get,
+    .set = emb_set,
+    .incr = emb_incr,
+    .del = emb_del,
+    .destroy = emb_destroy,
+};
+
+mx_store *mx_store_embedded_new(int64_t (*clock)(void))
+{
+    embedded *s = g_new0(embedded, 1);
+    s->base.ops = &embedded_ops;
+    g_mutex_init(&s->lock);
+    s->map = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, entry_free);
+    s->clock = clock ? clock : default_clock;
+    return &s->base;
+}

@@ -1,0 +1,444 @@
+/*
+ * config.c: the option table and the GKeyFile loader.
+ *
+ * Every option lives in one table row: section, key, type, field offset,
+ * default, bounds and one line of doc. deploy/mxgate.conf documents the same
+ * set; tests/unit/test_config.c checks that nothing is missing there.
+ */
+#include <errno.h>
+#include <netdb.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include "config.h"
+
+typedef enum { OPT_STR, OPT_INT, OPT_SIZE, OPT_ENUM } opt_type;
+
+typedef struct option {
+    const char *section;
+    const char *key;
+    opt_type type;
+    size_t off;
+    const char *def;
+    int64_t min, max;
+    const char *const *names; /* OPT_ENUM: NULL-terminated, value = index */
+    const char *doc;
+} option;
+
+static const char *const forward_names[] = {"xclient", "xforward", "proxy", "none", NULL};
+static const char *const bare_names[] = {"normalize", "reject", NULL};
+static const char *const level_names[] = {"error", "warning", "info", "debug", NULL};
+
+#define O(f) offsetof(mx_config, f)
+#define GiB (1024LL * 1024 * 1024)
+
+static const option options[] = {
+    {"smtp", "listen", OPT_STR, O(listen), "127.0.0.1:2525", 0, 0, NULL,
+     "';'-separated ADDR:PORT [proxy_protocol] [tls] entries"},
+    {"smtp", "hostname", OPT_STR, O(hostname), "", 0, 0, NULL,
+     "name in the banner, EHLO reply and Received header; empty = system host name"},
+    {"smtp", "max_message_size", OPT_SIZE, O(max_message_size), "10485760", 1024, 4 * GiB, NULL,
+     "largest message accepted, in bytes (advertised as SIZE)"},
+    {"smtp", "max_recipients", OPT_INT, O(max_recipients), "100", 1, 100000, NULL,
+     "recipients per transaction; more get 452 4.5.3"},
+    {"smtp", "idle_timeout", OPT_INT, O(idle_timeout), "300", 1, 86400, NULL,
+     "seconds to wait for the next command (RFC 5321 4.5.3.2.7)"},
+    {"smtp", "data_timeout", OPT_INT, O(data_timeout), "180", 1, 86400, NULL,
+     "seconds to wait for the next data block (RFC 5321 4.5.3.2.5)"},
+    {"smtp", "workers", OPT_INT, O(workers), "0", 0, 256, NULL,
+     "event loops (threads); 0 = one per core"},
+    {"smtp", "max_line_length", OPT_INT, O(max_line_length), "2048", 512, 65536, NULL,
+     "longest command line, CRLF included; longer gets 500 5.5.2"},
+    {"smtp", "max_text_line_length", OPT_INT, O(max_text_line_length), "0", 0, 1 << 30, NULL,
+     "longest message line without CRLF (RFC 5321 says 998); 0 = no limit"},
+    {"smtp", "max_bad_commands", OPT_INT, O(max_bad_commands), "20", 1, 10000, NULL,
+     "bad or out-of-sequence commands before 421 and disconnect"},
+    {"smtp", "bare_newline", OPT_ENUM, O(bare_newline), "normalize", 0, 0, bare_names,
+     "bare CR or LF in message data: normalize to CRLF, or reject with 554 5.6.0"},
+    {"smtp", "greet_delay", OPT_INT, O(greet_delay), "0", 0, 60000, NULL,
+     "milliseconds to hold the banner; a client talking before it gets 554"},
+    {"smtp", "max_sessions", OPT_INT, O(max_sessions), "10000", 1, 1000000, NULL,
+     "concurrent client sessions per node; more get 421 4.3.2"},
+    {"smtp", "spool_budget", OPT_SIZE, O(spool_budget), "1073741824", 1 << 20, 1024 * GiB, NULL,
+     "bytes of message data all sessions of the node may hold at once; past it 452 4.3.1"},
+    {"smtp", "drain_timeout", OPT_INT, O(drain_timeout), "60", 0, 86400, NULL,
+     "seconds SIGTERM waits for in-flight sessions before closing them with 421"},
+
+    {"backend", "servers", OPT_STR, O(backend_servers), "127.0.0.1:10025", 0, 0, NULL,
+     "';'-separated ADDR:PORT of backend MTAs, tried in order"},
+    {"backend", "forward", OPT_ENUM, O(forward), "xclient", 0, 0, forward_names,
+     "how the backend learns the client: xclient, xforward, proxy (PROXY v1 header) or none"},
+    {"backend", "helo_name", OPT_STR, O(helo_name), "", 0, 0, NULL,
+     "name mxgate gives in EHLO to the backend; empty = smtp.hostname"},
+    {"backend", "connect_timeout", OPT_INT, O(connect_timeout), "10", 1, 3600, NULL,
+     "seconds to connect to one backend server before trying the next"},
+    {"backend", "command_timeout", OPT_INT, O(command_timeout), "300", 1, 3600, NULL,
+     "seconds to wait for a backend reply to a command (RFC 5321 4.5.3.2)"},
+    {"backend", "data_timeout", OPT_INT, O(backend_data_timeout), "180", 1, 3600, NULL,
+     "seconds a block of message data may take to reach the backend"},
+    {"backend", "dot_timeout", OPT_INT, O(dot_timeout), "600", 1, 3600, NULL,
+     "seconds to wait for the backend's reply to the final dot (RFC 5321 4.5.3.2.6)"},
+    {"backend", "health_interval", OPT_INT, O(health_interval), "5", 1, 3600, NULL,
+     "seconds between backend reachability probes behind /health"},
+
+    {"admin", "listen", OPT_STR, O(admin_listen), "127.0.0.1:8025", 0, 0, NULL,
+     "ADDR:PORT of the HTTP endpoint for /health; empty = off"},
+
+    {"log", "level", OPT_ENUM, O(log_level), "info", 0, 0, level_names,
+     "error, warning, info or debug"},
+};
+
+#define NOPTIONS (sizeof(options) / sizeof(options[0]))
+
+static const option *find_option(const char *section, const char *key)
+{
+    for (size_t i = 0; i < NOPTIONS; i++)
+        if (strcmp(options[i].section, section) == 0 && strcmp(options[i].key, key) == 0)
+            return &options[i];
+    return NULL;
+}
+
+static int parse_int64(const char *s, int64_t *v, int allow_suffix)
+{
+    char *e;
+    errno = 0;
+    long long n = strtoll(s, &e, 10);
+    if (errno || e == s || n < 0)
+        return -1;
+    if (allow_suffix && *e) {
+        long long m = 1;
+        switch (*e) {
+        case 'k': case 'K': m = 1024; break;
+        case 'm': case 'M': m = 1024 * 1024; break;
+        case 'g': case 'G': m = 1024LL * 1024 * 1024; break;
+        default: return -1;
+        }
+        if (n > INT64_MAX / m)
+            return -1;
+        n *= m;
+        e++;
+    }
+    if (*e)
+        return -1;
+    *v = n;
+    return 0;
+}
+
+static int set_option(mx_config *c, const option *o, const char *raw, char **err)
+{
+    char *p = (char *)c + o->off;
+    g_autofree char *val = g_strstrip(g_strdup(raw));
+    int64_t n;
+
+    switch (o->type) {
+    case OPT_STR:
+        g_free(*(char **)p);
+        *(char **)p = g_steal_pointer(&val);
+        return 0;
+    case OPT_INT:
+    case OPT_SIZE:
+        if (parse_int64(val, &n, o->type == OPT_SIZE) < 0 || n < o->min || n > o->max) {
+            *err = g_strdup_printf("%s.%s: bad value \"%s\" (expected %s from %lld to %lld)",
+                                   o->section, o->key, val,
+                                   o->type == OPT_SIZE ? "a size in bytes (K/M/G suffix allowed)"
+                                                       : "an integer",
+                                   (long long)o->min, (long long)o->max);
+            return -1;
+        }
+        if (o->type == OPT_INT)
+            *(int *)p = (int)n;
+        else
+            *(uint64_t *)p = (uint64_t)n;
+        return 0;
+    case OPT_ENUM:
+        for (int i = 0; o->names[i]; i++) {
+            if (g_ascii_strcasecmp(o->names[i], val) == 0) {
+                *(int *)p = i;
+                return 0;
+            }
+        }
+        {
+            g_autofree char *alts = g_strjoinv(", ", (char **)o->names);
+            *err = g_strdup_printf("%s.%s: bad value \"%s\" (expected one of: %s)", o->section,
+                                   o->key, val, alts);
+        }
+        return -1;
+    }
+    return -1;
+}
+
+int mx_config_parse_addr(const char *s, mx_addr *a, char **err)
+{
+    g_autofree char *host = NULL;
+    const char *port;
+
+    memset(a, 0, sizeof(*a));
+    if (s[0] == '[') {
+        const char *rb = strchr(s, ']');
+        if (!rb || rb[1] != ':') {
+            *err = g_strdup_printf("\"%s\": expected [IPV6]:PORT", s);
+            return -1;
+        }
+        host = g_strndup(s + 1, (size_t)(rb - s - 1));
+        port = rb + 2;
+    } else {
+        const char *colon = strrchr(s, ':');
+        if (!colon) {
+            *err = g_strdup_printf("\"%s\": expected ADDR:PORT", s);
+            return -1;
+        }
+        host = g_strndup(s, (size_t)(colon - s));
+        port = colon + 1;
+    }
+    int64_t pn;
+    if (parse_int64(port, &pn, 0) < 0 || pn < 1 || pn > 65535) {
+        *err = g_strdup_printf("\"%s\": bad port", s);
+        return -1;
+    }
+    /* Numeric addresses only: resolving names here would block and would
+     * make the listen set depend on DNS at start. */
+    struct sockaddr_in *in4 = (struct sockaddr_in *)&a->sa;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&a->sa;
+    if (*host == '\0' || strcmp(host, "*") == 0) {
+        in4->sin_family = AF_INET;
+        in4->sin_addr.s_addr = htonl(INADDR_ANY);
+        in4->sin_port = htons((uint16_t)pn);
+        a->len = sizeof(*in4);
+    } else if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
+        in4->sin_family = AF_INET;
+        in4->sin_port = htons((uint16_t)pn);
+        a->len = sizeof(*in4);
+    } else if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)pn);
+        a->len = sizeof(*in6);
+    } else {
+        *err = g_strdup_printf("\"%s\": \"%s\" is not a numeric IP address", s, host);
+        return -1;
+    }
+    a->text = g_strdup(s);
+    return 0;
+}
+
+static int derive_listens(mx_config *c, char **err)
+{
+    g_auto(GStrv) items = g_strsplit(c->listen, ";", -1);
+    GArray *arr = g_array_new(FALSE, TRUE, sizeof(mx_listen));
+    int rc = 0;
+
+    for (char **it = items; *it; it++) {
+        g_autofree char *item = g_strstrip(g_strdup(*it));
+        if (!*item)
+            continue;
+        g_auto(GStrv) words = g_strsplit_set(item, " \t", -1);
+        mx_listen l = {0};
+        int have_addr = 0;
+        for (char **w = words; *w; w++) {
+            if (!**w)
+                continue;
+            char *e = NULL;
+            if (!have_addr) {
+                if (mx_config_parse_addr(*w, &l.addr, &e) < 0) {
+                    *err = g_strdup_printf("smtp.listen: %s", e);
+                    g_free(e);
+                    rc = -1;
+                    break;
+                }
+                have_addr = 1;
+            } else if (strcmp(*w, "proxy_protocol") == 0) {
+                l.proxy_protocol = 1;
+            } else if (strcmp(*w, "tls") == 0) {
+                l.tls = 1;
+            } else {
+                *err = g_strdup_printf("smtp.listen: unknown flag \"%s\" (expected "
+                                       "proxy_protocol or tls)", *w);
+                rc = -1;
+                break;
+            }
+        }
+        if (rc < 0) {
+            g_free(l.addr.text);
+            break;
+        }
+        g_array_append_val(arr, l);
+    }
+    if (rc == 0 && arr->len == 0) {
+        *err = g_strdup("smtp.listen: no address given");
+        rc = -1;
+    }
+    c->nlistens = (int)arr->len;
+    c->listens = (mx_listen *)g_array_free(arr, FALSE);
+    return rc;
+}
+
+static int derive_backends(mx_config *c, char **err)
+{
+    g_auto(GStrv) items = g_strsplit(c->backend_servers, ";", -1);
+    GArray *arr = g_array_new(FALSE, TRUE, sizeof(mx_addr));
+    int rc = 0;
+
+    for (char **it = items; *it; it++) {
+        g_autofree char *item = g_strstrip(g_strdup(*it));
+        if (!*item)
+            continue;
+        mx_addr a;
+        char *e = NULL;
+        if (mx_config_parse_addr(item, &a, &e) < 0) {
+            *err = g_strdup_printf("backend.servers: %s", e);
+            g_free(e);
+            rc = -1;
+            break;
+        }
+        g_array_append_val(arr, a);
+    }
+    if (rc == 0 && arr->len == 0) {
+        *err = g_strdup("backend.servers: no server given");
+        rc = -1;
+    }
+    c->nbackends = (int)arr->len;
+    c->backends = (mx_addr *)g_array_free(arr, FALSE);
+    return rc;
+}
+
+static int derive(mx_config *c, char **err)
+{
+    if (derive_listens(c, err) < 0 || derive_backends(c, err) < 0)
+        return -1;
+    if (*c->admin_listen) {
+        char *e = NULL;
+        if (mx_config_parse_addr(c->admin_listen, &c->admin, &e) < 0) {
+            *err = g_strdup_printf("admin.listen: %s", e);
+            g_free(e);
+            return -1;
+        }
+    }
+    if (!*c->hostname) {
+        g_free(c->hostname);
+        c->hostname = g_strdup(g_get_host_name());
+    }
+    for (const char *h = c->hostname; *h; h++) {
+        if (!g_ascii_isalnum(*h) && *h != '-' && *h != '.') {
+            *err = g_strdup_printf("smtp.hostname: bad value \"%s\" (letters, digits, '-' "
+                                   "and '.' only)", c->hostname);
+            return -1;
+        }
+    }
+    if (!*c->helo_name) {
+        g_free(c->helo_name);
+        c->helo_name = g_strdup(c->hostname);
+    }
+    return 0;
+}
+
+static int apply_keyfile(mx_config *c, GKeyFile *kf, const char *file, char **err)
+{
+    g_auto(GStrv) groups = g_key_file_get_groups(kf, NULL);
+    for (char **g = groups; *g; g++) {
+        g_auto(GStrv) keys = g_key_file_get_keys(kf, *g, NULL, NULL);
+        for (char **k = keys; k && *k; k++) {
+            const option *o = find_option(*g, *k);
+            if (!o) {
+                *err = g_strdup_printf("%s: unknown option %s.%s", file, *g, *k);
+                return -1;
+            }
+            g_autofree char *v = g_key_file_get_value(kf, *g, *k, NULL);
+            char *e = NULL;
+            if (set_option(c, o, v, &e) < 0) {
+                *err = g_strdup_printf("%s: %s", file, e);
+                g_free(e);
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+mx_config *mx_config_load(const char *file, char **overrides, char **err)
+{
+    mx_config *c = g_new0(mx_config, 1);
+    c->refs = 1;
+
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        char *e = NULL;
+        if (set_option(c, &options[i], options[i].def, &e) < 0)
+            g_error("built-in default: %s", e); /* our own table is wrong */
+    }
+
+    if (file) {
+        g_autoptr(GKeyFile) kf = g_key_file_new();
+        GError *ge = NULL;
+        if (!g_key_file_load_from_file(kf, file, G_KEY_FILE_NONE, &ge)) {
+            *err = g_strdup_printf("%s: %s", file, ge->message);
+            g_error_free(ge);
+            goto fail;
+        }
+        if (apply_keyfile(c, kf, file, err) < 0)
+            goto fail;
+        c->source_file = g_strdup(file);
+    }
+
+    for (char **ov = overrides; ov && *ov; ov++) {
+        const char *eq = strchr(*ov, '=');
+        const char *dot = strchr(*ov, '.');
+        if (!eq || !dot || dot > eq) {
+            *err = g_strdup_printf("-o %s: expected section.key=value", *ov);
+            goto fail;
+        }
+        g_autofree char *section = g_strndup(*ov, (size_t)(dot - *ov));
+        g_autofree char *key = g_strndup(dot + 1, (size_t)(eq - dot - 1));
+        const option *o = find_option(section, key);
+        if (!o) {
+            *err = g_strdup_printf("-o: unknown option %s.%s", section, key);
+            goto fail;
+        }
+        char *e = NULL;
+        if (set_option(c, o, eq + 1, &e) < 0) {
+            *err = g_strdup_printf("-o: %s", e);
+            g_free(e);
+            goto fail;
+        }
+    }
+
+    if (derive(c, err) < 0)
+        goto fail;
+    return c;
+
+fail:
+    mx_config_unref(c);
+    return NULL;
+}
+
+mx_config *mx_config_ref(mx_config *c)
+{
+    g_atomic_int_inc(&c->refs);
+    return c;
+}
+
+void mx_config_unref(mx_config *c)
+{
+    if (!c || !g_atomic_int_dec_and_test(&c->refs))
+        return;
+    for (size_t i = 0; i < NOPTIONS; i++)
+        if (options[i].type == OPT_STR)
+            g_free(*(char **)((char *)c + options[i].off));
+    for (int i = 0; i < c->nlistens; i++)
+        g_free(c->listens[i].addr.text);
+    g_free(c->listens);
+    for (int i = 0; i < c->nbackends; i++)
+        g_free(c->backends[i].text);
+    g_free(c->backends);
+    g_free(c->admin.text);
+    g_free(c->source_file);
+    g_free(c);
+}
+
+void mx_config_dump_options(FILE *out)
+{
+    for (size_t i = 0; i < NOPTIONS; i++)
+        fprintf(out, "%s.%s = %s\t# %s\n", options[i].section, options[i].key, options[i].def,
+                options[i].doc);
+}

@@ -1,0 +1,111 @@
+/*
+ * replies.c: the reply table (see replies.h).
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "replies.h"
+
+typedef struct reply {
+    int code;
+    const char *esc; /* NULL: none (greeting, 354, 221 from RFC 2034 3) */
+    const char *text; /* may hold one %s */
+} reply;
+
+static const reply table[MX_R__COUNT] = {
+    [MX_R_GREETING] = {220, NULL, "%s ESMTP mxgate"},
+    [MX_R_HELO] = {250, NULL, "%s"},
+    [MX_R_OK] = {250, "2.0.0", "Ok"},
+    [MX_R_QUIT] = {221, "2.0.0", "Bye"},
+    [MX_R_VRFY] = {252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery"},
+    [MX_R_HELP] = {214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP; see RFC 5321"},
+    [MX_R_DATA_GO] = {354, NULL, "End data with <CR><LF>.<CR><LF>"},
+    [MX_R_BDAT_OK] = {250, "2.0.0", "%s octets received"},
+    [MX_R_PREGREET] = {554, "5.5.0", "Protocol error: talking before the greeting"},
+    [MX_R_UNKNOWN] = {500, "5.5.2", "Error: command not recognized"},
+    [MX_R_BAD_CHAR] = {500, "5.5.2", "Error: control characters in command"},
+    [MX_R_LINE_TOO_LONG] = {500, "5.5.2", "Error: line too long"},
+    [MX_R_NONSMTP] = {500, "5.5.2", "Error: not an SMTP command; closing connection"},
+    [MX_R_SYNTAX] = {501, "5.5.4", "Syntax error: %s"},
+    [MX_R_BAD_SENDER] = {501, "5.1.7", "Bad sender address syntax: %s"},
+    [MX_R_BAD_RCPT] = {501, "5.1.3", "Bad recipient address syntax: %s"},
+    [MX_R_BAD_PARAM] = {555, "5.5.4", "Unsupported parameter: %s"},
+    [MX_R_NOT_IMPL] = {502, "5.5.1", "Error: command not implemented"},
+    [MX_R_NEED_HELO] = {503, "5.5.1", "Error: send HELO/EHLO first"},
+    [MX_R_NESTED_MAIL] = {503, "5.5.1", "Error: nested MAIL command"},
+    [MX_R_NEED_MAIL] = {503, "5.5.1", "Error: need MAIL command"},
+    [MX_R_NEED_RCPT] = {503, "5.5.1", "Error: need RCPT command"},
+    [MX_R_NO_VALID_RCPT] = {554, "5.5.1", "Error: no valid recipients"},
+    [MX_R_BDAT_MIX] = {503, "5.5.1", "Error: DATA and BDAT cannot be mixed in one transaction"},
+    [MX_R_BDAT_FAILED] = {503, "5.5.1", "Error: transaction already failed; send RSET"},
+    [MX_R_TOO_MANY_RCPT] = {452, "4.5.3", "Error: too many recipients"},
+    [MX_R_SIZE_DECLARED] = {552, "5.3.4", "Message size exceeds fixed limit"},
+    [MX_R_SIZE_EXCEEDED] = {552, "5.3.4", "Message size exceeds fixed limit"},
+    [MX_R_UTF8_NEEDED] = {553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter"},
+    [MX_R_BARE_NEWLINE] = {554, "5.6.0", "Message contains bare CR or LF (RFC 5321 2.3.8)"},
+    [MX_R_NUL] = {554, "5.6.0", "Message contains NUL characters"},
+    [MX_R_LONG_LINE] = {554, "5.6.0", "Message has a line longer than %s octets"},
+    [MX_R_SPOOL_FULL] = {452, "4.3.1", "Insufficient system storage, try again later"},
+    [MX_R_TOO_MANY_ERRORS] = {421, "4.7.0", "%s Error: too many errors"},
+    [MX_R_TIMEOUT] = {421, "4.4.2", "%s Error: timeout exceeded"},
+    [MX_R_SHUTDOWN] = {421, "4.3.2", "%s Service shutting down, try again later"},
+    [MX_R_TOO_MANY_SESSIONS] = {421, "4.3.2", "%s Too many connections, try again later"},
+    [MX_R_BACKEND_DOWN] = {451, "4.4.1", "Backend unavailable, try again later"},
+    [MX_R_BACKEND_LOST] = {451, "4.4.2", "Lost connection to backend, try again later"},
+    [MX_R_BACKEND_PROTO] = {451, "4.5.0", "Backend protocol error, try again later"},
+    [MX_R_BACKEND_TIMEOUT] = {451, "4.4.2", "Backend timed out, try again later"},
+    [MX_R_BACKEND_REJECT_DATA] = {451, "4.5.0", "Backend did not accept DATA, try again later"},
+};
+
+int mx_replies_code(mx_reply_id id) { return table[id].code; }
+
+void mx_replies_format(GString *out, mx_reply_id id, const char *arg)
+{
+    const reply *r = &table[id];
+    g_string_append_printf(out, "%d ", r->code);
+    if (r->esc)
+        g_string_append_printf(out, "%s ", r->esc);
+    const char *pct = strstr(r->text, "%s");
+    if (pct) {
+        g_string_append_len(out, r->text, pct - r->text);
+        /* Never let an argument (a client's word echoed back) break the
+         * line: keep printable ASCII only. */
+        for (const char *a = arg ? arg : ""; *a; a++)
+            g_string_append_c(out, (*a >= ' ' && *a < 0x7f) ? *a : '?');
+        g_string_append(out, pct + 2);
+    } else {
+        g_string_append(out, r->text);
+    }
+    g_string_append(out, "\r\n");
+}
+
+static int starts_with_esc(const char *t, int cls)
+{
+    /* class "." 1*3digit "." 1*3digit */
+    if (t[0] != '0' + cls || t[1] != '.')
+        return 0;
+    const char *p = t + 2;
+    int n = 0;
+    while (g_ascii_isdigit(*p) && n < 3)
+        p++, n++;
+    if (!n || *p != '.')
+        return 0;
+    p++;
+    n = 0;
+    while (g_ascii_isdigit(*p) && n < 3)
+        p++, n++;
+    return n && (*p == ' ' || *p == '\0');
+}
+
+void mx_replies_relay(GString *out, const mx_reply *r)
+{
+    int cls = r->code / 100;
+    for (int i = 0; i < r->nlines; i++) {
+        const char *t = mx_reply_line(r, i);
+        g_string_append_printf(out, "%d%c", r->code, i + 1 < r->nlines ? '-' : ' ');
+        if (!starts_with_esc(t, cls) && r->code != 220 && r->code != 354)
+            g_string_append_printf(out, "%d.0.0 ", cls);
+        g_string_append(out, t);
+        g_string_append(out, "\r\n");
+    }
+}

@@ -1,0 +1,1506 @@
+"""mxtest: the harness shared by mxgate's integration tests (stdlib only).
+
+What it owns:
+  - free loopback ports and bounded waits (`free_port`, `wait_port`, `wait_until`);
+  - a reaper process that stops every daemon a test started, even when the
+    test process is killed (ctest timeout, SIGKILL): it reads registrations
+    on a pipe and runs the pending clean-ups when the pipe closes;
+  - `PostfixInstance`: a private Postfix (own config, queue and data
+    directories, one smtpd on 127.0.0.1:PORT, its own log file) that delivers
+    every recipient of example.test through pipe(8) into a file per
+    recipient, byte for byte as stored in its queue;
+  - `EximInstance`: a private Exim 4.96 unpacked from Debian's
+    exim4-daemon-heavy (the only Debian build with PROXY protocol support),
+    delivering into a maildir;
+  - `Mxgate`: writes a config, runs the daemon in the foreground, collects
+    its key=value log lines, stops it with SIGTERM and reports the exit code;
+  - `FakeBackend`: a scriptable SMTP server for faults a real MTA will not
+    produce on cue (4xx/5xx at a chosen stage, hang, close, garbage);
+  - `SmtpClient`: a raw-socket SMTP client for pipelining, BDAT and malformed
+    input that smtplib refuses to send.
+
+What it promises: every wait is bounded; nothing listens outside 127.0.0.1;
+the system Postfix (/etc/postfix, port 25) is never touched.
+
+Delivered bytes: Postfix and Exim store lines without their CRLF and deliver
+them with LF, so `as_stored()` is the form a sent message takes in a
+delivered file. Postfix's smtpd prepends exactly one "Received:" header
+(no other header is added: local_header_rewrite_clients is empty); Exim
+prepends exactly one "Received:" header too.
+"""
+
+import errno
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+HOST = "127.0.0.1"
+DOMAIN = "example.test"
+# Known recipients of the backends; anything else @example.test is rejected
+# at RCPT with 550 5.1.1.
+RECIPIENTS = (
+    "alice@example.test",
+    "bob@example.test",
+    "carol@example.test",
+    "dave@example.test",
+    "erin@example.test",
+    "sink@example.test",
+    "δοκιμή@example.test",
+)
+EXIM_CACHE = os.environ.get("MXTEST_EXIM_CACHE", "/var/cache/mxgate-test/exim")
+DEFAULT_MXGATE = "/work/main/build/proxy/mxgate"
+
+
+# ---------------------------------------------------------------- waiting
+
+def wait_until(pred, timeout, interval=0.05, what="condition"):
+    """Poll pred() until it returns a true value; raise after timeout s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise TimeoutError("timed out after %.1fs waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+_ports_given = set()
+_ports_lock = threading.Lock()
+
+
+def free_port(host=HOST):
+    """A TCP port on host that nothing listens on now (never the same twice)."""
+    with _ports_lock:
+        for _ in range(200):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+            finally:
+                s.close()
+            if port not in _ports_given:
+                _ports_given.add(port)
+                return port
+    raise RuntimeError("no free port")
+
+
+def port_open(port, host=HOST):
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_port(port, timeout=15, host=HOST, proc=None):
+    """Wait until something accepts on host:port; fail early if proc died."""
+    def ready():
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("process exited with %s before listening on %d"
+                               % (proc.returncode, port))
+        return port_open(port, host)
+    wait_until(ready, timeout, 0.05, "port %d" % port)
+
+
+# ---------------------------------------------------------------- skipping
+
+def require_root(tc=None):
+    if os.geteuid() != 0:
+        raise unittest.SkipTest("needs root (private Postfix/Exim instances)")
+
+
+def require_program(path, package):
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        raise unittest.SkipTest("%s not found: install Debian package %s" % (path, package))
+
+
+def require_postfix():
+    require_root()
+    require_program("/usr/sbin/postfix", "postfix")
+    require_program("/usr/lib/postfix/sbin/master", "postfix")
+
+
+def mxgate_binary():
+    """The daemon under test: $MXGATE_BIN (set by ctest) or the usual build path.
+
+    A missing binary is a failure, not a skip: these tests exist to run it."""
+    path = os.environ.get("MXGATE_BIN", DEFAULT_MXGATE)
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        raise AssertionError("mxgate binary not found at %s (set MXGATE_BIN)" % path)
+    return path
+
+
+# ---------------------------------------------------------------- reaper
+
+_REAPER_SRC = r"""
+import json, os, signal, subprocess, sys
+pending = {}
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("op") == "add":
+        pending[m["key"]] = m
+    else:
+        pending.pop(m.get("key"), None)
+for m in reversed(list(pending.values())):
+    try:
+        if m.get("cmd"):
+            subprocess.run(m["cmd"], timeout=30, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if m.get("pid"):
+            os.kill(m["pid"], signal.SIGKILL)
+    except Exception:
+        pass
+"""
+
+
+class _Reaper:
+    """One helper process per test process; runs clean-ups if we vanish."""
+
+    def __init__(self):
+        self._proc = None
+        self._lock = threading.Lock()
+        self._n = 0
+
+    def _send(self, msg):
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._proc = subprocess.Popen(
+                    [sys.executable, "-c", _REAPER_SRC], stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    start_new_session=True, close_fds=True)
+            self._proc.stdin.write((json.dumps(msg) + "\n").encode())
+            self._proc.stdin.flush()
+
+    def add(self, pid=None, cmd=None):
+        with self._lock:
+            self._n += 1
+            key = "k%d" % self._n
+        self._send({"op": "add", "key": key, "pid": pid, "cmd": cmd})
+        return key
+
+    def remove(self, key):
+        if key:
+            self._send({"op": "del", "key": key})
+
+
+reaper = _Reaper()
+
+
+def stop_process(proc, sig=signal.SIGTERM, timeout=10):
+    """Signal proc and wait; SIGKILL after timeout. Returns the exit code
+    (None if it had to be killed)."""
+    if proc.poll() is not None:
+        return proc.returncode
+    try:
+        proc.send_signal(sig)
+    except ProcessLookupError:
+        pass
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+        return None
+
+
+# ---------------------------------------------------------------- messages
+
+def as_stored(msg):
+    """A message as an MTA stores and delivers it: lines end in LF."""
+    return msg.replace(b"\r\n", b"\n")
+
+
+def split_header(data):
+    """Split off the first header field (with its folded lines).
+
+    Returns (field, rest); field keeps its line endings."""
+    m = re.match(rb"[^\r\n]*\r?\n(?:[ \t][^\r\n]*\r?\n)*", data)
+    if not m:
+        return b"", data
+    return m.group(0), data[m.end():]
+
+
+def unfold(field):
+    """A header field as one line: CRLF/LF + WSP becomes one space."""
+    return re.sub(rb"\r?\n[ \t]+", b" ", field).rstrip(b"\r\n").decode("utf-8", "replace")
+
+
+def headers_of(data):
+    """All header fields of a stored message, unfolded, in order."""
+    out = []
+    rest = data
+    while rest and not rest.startswith((b"\n", b"\r\n")):
+        field, rest2 = split_header(rest)
+        if not field:
+            break
+        out.append(unfold(field))
+        rest = rest2
+    return out
+
+
+MXGATE_RECEIVED = re.compile(
+    r"^Received: from (?P<helo>\S+) \(\[(?P<ip>[0-9a-fA-F.:]+)\]\) "
+    r"by (?P<by>\S+) \(mxgate\) with (?P<proto>\S+) id (?P<id>\S+); (?P<date>.+)$")
+
+
+def make_message(subject="mxgate test", body=None, extra_headers=(), sender="sender@client.test",
+                 to="alice@example.test"):
+    """A message with CRLF line endings, ending in CRLF (not dot-stuffed)."""
+    if body is None:
+        body = b"Hello from the mxgate integration tests.\r\n"
+    hdr = [
+        b"From: <" + sender.encode() + b">",
+        b"To: <" + to.encode() + b">",
+        b"Subject: " + subject.encode(),
+        b"Date: Mon, 02 Jan 2023 10:00:00 +0000",
+        b"Message-ID: <" + str(time.time_ns()).encode() + b"@client.test>",
+    ] + [h if isinstance(h, bytes) else h.encode() for h in extra_headers]
+    return b"\r\n".join(hdr) + b"\r\n\r\n" + body
+
+
+def dot_stuff(msg):
+    """RFC 5321 4.5.2 transparency plus the terminating dot."""
+    out = re.sub(rb"(^|\r\n)\.", rb"\1..", msg)
+    if not out.endswith(b"\r\n"):
+        out += b"\r\n"
+    return out + b".\r\n"
+
+
+class Delivery:
+    """One delivered copy: envelope and the bytes as written by the MTA."""
+
+    def __init__(self, path, sender, recipient, data, queue_id=""):
+        self.path, self.sender, self.recipient = path, sender, recipient
+        self.data, self.queue_id = data, queue_id
+
+    def __repr__(self):
+        return "<Delivery %s -> %s, %d bytes>" % (self.sender, self.recipient, len(self.data))
+
+    def strip_received(self, by_marker):
+        """Remove the MTA's own top Received header; assert it is the MTA's.
+
+        Returns (the MTA's header unfolded, the rest of the bytes)."""
+        field, rest = split_header(self.data)
+        line = unfold(field)
+        if not line.startswith("Received:") or by_marker not in line:
+            raise AssertionError("first header is not the backend's Received (%s): %r"
+                                 % (by_marker, line))
+        return line, rest
+
+
+# ---------------------------------------------------------------- Postfix
+
+_DELIVER_SH = """#!/bin/sh
+# pipe(8) delivery: one file per recipient, the message exactly as queued.
+# $1 queue id, $2 sender, $3 recipient. Exit 75 (tempfail) on any error.
+umask 022
+d="%(maildir)s"
+n="$1.$$.$(date +%%s%%N)"
+cat > "$d/tmp/$n.eml" || exit 75
+printf '%%s\\n%%s\\n%%s\\n' "$1" "$2" "$3" > "$d/tmp/$n.env" || exit 75
+mv "$d/tmp/$n.env" "$d/new/$n.env" && mv "$d/tmp/$n.eml" "$d/new/$n.eml" || exit 75
+exit 0
+"""
+
+_POSTFIX_MASTER = """# private test instance: nothing chrooted, one smtpd on loopback
+%(host)s:%(port)d inet n - n - - smtpd
+cleanup   unix  n - n - 0 cleanup
+qmgr      unix  n - n 300 1 qmgr
+rewrite   unix  - - n - - trivial-rewrite
+bounce    unix  - - n - 0 bounce
+defer     unix  - - n - 0 bounce
+trace     unix  - - n - 0 bounce
+verify    unix  - - n - 1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n - - proxymap
+proxywrite unix - - n - 1 proxymap
+showq     unix  n - n - - showq
+error     unix  - - n - - error
+retry     unix  - - n - - error
+discard   unix  - - n - - discard
+anvil     unix  - - n - 1 anvil
+scache    unix  - - n - 1 scache
+postlog   unix-dgram n - n - 1 postlogd
+mxdeliver unix  - n n - - pipe
+  user=nobody argv=/bin/sh %(deliver)s ${queue_id} ${sender} ${recipient}
+"""
+
+
+def _chown_tree(path, user):
+    import pwd
+    pw = pwd.getpwnam(user)
+    for root, dirs, files in os.walk(path):
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+        for f in files:
+            os.chown(os.path.join(root, f), pw.pw_uid, pw.pw_gid)
+
+
+class PostfixInstance:
+    """A private Postfix listening on 127.0.0.1:port.
+
+    main.cf/master.cf live in <base>/conf, the queue in <base>/queue, the log
+    in <base>/log/maillog, deliveries in <base>/mail/new as <id>.eml + <id>.env.
+    XCLIENT and XFORWARD are allowed from 127.0.0.0/8. Postfix's own SMTP
+    smuggling defence (smtpd_forbid_bare_newline) is off on purpose, so a bare
+    LF passed through by the gateway would show up as a second message.
+    """
+
+    QUEUES = ("maildrop", "incoming", "active", "deferred", "hold", "corrupt")
+
+    def __init__(self, tmpdir, port=None, recipients=RECIPIENTS, main_cf=None):
+        require_postfix()
+        self.base = os.path.join(tmpdir, "postfix-%d" % (port or 0))
+        self.port = port or free_port()
+        self.base = os.path.join(tmpdir, "postfix-%d" % self.port)
+        self.conf = os.path.join(self.base, "conf")
+        self.queue = os.path.join(self.base, "queue")
+        self.data = os.path.join(self.base, "data")
+        self.maildir = os.path.join(self.base, "mail")
+        self.logdir = os.path.join(self.base, "log")
+        self.logfile = os.path.join(self.logdir, "maillog")
+        self.recipients = recipients
+        self.main_cf = dict(main_cf or {})
+        self._reap_key = None
+        self.running = False
+
+    def _main(self):
+        cf = {
+            "compatibility_level": "3.6",
+            "config_directory": self.conf,
+            "queue_directory": self.queue,
+            "data_directory": self.data,
+            "command_directory": "/usr/sbin",
+            "daemon_directory": "/usr/lib/postfix/sbin",
+            "shlib_directory": "/usr/lib/postfix",
+            "meta_directory": "/etc/postfix",
+            "mail_owner": "postfix",
+            "setgid_group": "postdrop",
+            "syslog_name": "postfix-mxtest-%d" % self.port,
+            "maillog_file": self.logfile,
+            "maillog_file_prefixes": self.logdir,
+            "myhostname": "backend.example.test",
+            "mydomain": "example.test",
+            "myorigin": "example.test",
+            "mydestination": "",
+            "inet_interfaces": HOST,
+            "inet_protocols": "ipv4",
+            "mynetworks": "127.0.0.0/8",
+            "smtpd_banner": "$myhostname ESMTP Postfix",
+            "biff": "no",
+            "append_dot_mydomain": "no",
+            "alias_maps": "",
+            "alias_database": "",
+            "local_recipient_maps": "",
+            "virtual_mailbox_domains": DOMAIN,
+            "virtual_mailbox_maps": "texthash:" + os.path.join(self.conf, "recipients"),
+            "virtual_transport": "mxdeliver",
+            "mxdeliver_destination_recipient_limit": "1",
+            "default_transport": "discard:no remote delivery in tests",
+            "relay_transport": "discard:no remote delivery in tests",
+            "local_transport": "discard:no local delivery in tests",
+            "smtpd_authorized_xclient_hosts": "127.0.0.0/8",
+            "smtpd_authorized_xforward_hosts": "127.0.0.0/8",
+            "smtpd_peername_lookup": "no",
+            "smtpd_forbid_bare_newline": "no",
+            "local_header_rewrite_clients": "",
+            "always_add_missing_headers": "no",
+            "smtputf8_enable": "yes",
+            "message_size_limit": "20480000",
+            "delay_warning_time": "0",
+            "queue_run_delay": "1s",
+            "minimal_backoff_time": "1s",
+            "maximal_backoff_time": "2s",
+            "smtpd_error_sleep_time": "0",
+            "smtpd_soft_error_limit": "100",
+            "smtpd_hard_error_limit": "200",
+            "smtpd_tls_security_level": "none",
+            "smtp_tls_security_level": "none",
+            "smtp_dns_support_level": "disabled",
+            "in_flow_delay": "0",
+            "notify_classes": "",
+        }
+        cf.update(self.main_cf)
+        return "".join("%s = %s\n" % kv for kv in cf.items())
+
+    def _write_config(self):
+        for d in (self.conf, self.queue, self.data, self.logdir):
+            os.makedirs(d, exist_ok=True)
+        for sub in ("tmp", "new"):
+            os.makedirs(os.path.join(self.maildir, sub), exist_ok=True)
+        _chown_tree(self.maildir, "nobody")
+        _chown_tree(self.data, "postfix")
+        for d in (os.path.dirname(self.base), self.base, self.maildir):
+            os.chmod(d, 0o755)
+        deliver = os.path.join(self.conf, "deliver.sh")
+        with open(deliver, "w") as f:
+            f.write(_DELIVER_SH % {"maildir": self.maildir})
+        os.chmod(deliver, 0o755)
+        with open(os.path.join(self.conf, "main.cf"), "w") as f:
+            f.write(self._main())
+        with open(os.path.join(self.conf, "master.cf"), "w") as f:
+            f.write(_POSTFIX_MASTER % {"host": HOST, "port": self.port, "deliver": deliver})
+        with open(os.path.join(self.conf, "recipients"), "w") as f:
+            for r in self.recipients:
+                f.write("%s OK\n" % r)
+
+    def postfix(self, *args, timeout=60, check=True):
+        return subprocess.run(["/usr/sbin/postfix", "-c", self.conf] + list(args),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=timeout, check=check)
+
+    def start(self):
+        self._write_config()
+        self._reap_key = reaper.add(cmd=["/usr/sbin/postfix", "-c", self.conf, "abort"])
+        r = self.postfix("start", check=False)
+        if r.returncode != 0:
+            raise RuntimeError("postfix start failed: %s\n%s" % (r.stdout.decode(), self.log()))
+        self.running = True
+        wait_port(self.port, 20)
+        return self
+
+    def stop(self):
+        if self.running:
+            self.running = False
+            r = self.postfix("stop", check=False)
+            if r.returncode != 0:
+                self.postfix("abort", check=False)
+            wait_until(lambda: not os.path.exists(os.path.join(self.queue, "pid", "master.pid"))
+                       or not self._master_alive(), 20, what="postfix master exit")
+        reaper.remove(self._reap_key)
+        self._reap_key = None
+
+    def _master_alive(self):
+        pid = self.master_pid()
+        if not pid:
+            return False
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+    def master_pid(self):
+        try:
+            with open(os.path.join(self.queue, "pid", "master.pid")) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def smtpd_pids(self):
+        """The smtpd processes of this instance (children of its master)."""
+        master = self.master_pid()
+        out = []
+        if not master:
+            return out
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open("/proc/%s/stat" % d) as f:
+                    st = f.read()
+                comm = st[st.index("(") + 1:st.rindex(")")]
+                ppid = int(st[st.rindex(")") + 2:].split()[1])
+            except (OSError, ValueError):
+                continue
+            if ppid == master and comm == "smtpd":
+                out.append(int(d))
+        return out
+
+    def kill_smtpd(self):
+        """SIGKILL every smtpd of this instance (a backend crash mid-session)."""
+        pids = self.smtpd_pids()
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return pids
+
+    # -- what happened
+
+    def log(self):
+        try:
+            with open(self.logfile, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def wait_log(self, pattern, timeout=10):
+        rx = re.compile(pattern)
+        return wait_until(lambda: rx.search(self.log()), timeout, 0.1, "postfix log /%s/" % pattern)
+
+    def deliveries(self):
+        new = os.path.join(self.maildir, "new")
+        out = []
+        try:
+            names = sorted(os.listdir(new), key=lambda n: os.stat(os.path.join(new, n)).st_mtime_ns)
+        except OSError:
+            return out
+        for n in names:
+            if not n.endswith(".eml"):
+                continue
+            p = os.path.join(new, n)
+            with open(p, "rb") as f:
+                data = f.read()
+            try:
+                with open(p[:-4] + ".env", "rb") as f:
+                    qid, sender, rcpt = f.read().decode("utf-8", "replace").split("\n")[:3]
+            except (OSError, ValueError):
+                qid, sender, rcpt = "", "", ""
+            out.append(Delivery(p, sender, rcpt, data, qid))
+        return out
+
+    def wait_deliveries(self, n, timeout=20):
+        """Wait for at least n deliveries; returns them all."""
+        return wait_until(lambda: (lambda d: d if len(d) >= n else None)(self.deliveries()),
+                          timeout, 0.1, "%d postfix deliveries (have %d)" % (n, len(self.deliveries())))
+
+    def queue_files(self):
+        out = []
+        for q in self.QUEUES:
+            for root, _, files in os.walk(os.path.join(self.queue, q)):
+                out += [os.path.join(root, f) for f in files]
+        return out
+
+    def wait_idle(self, timeout=20):
+        """Wait until the queue is empty (everything delivered or dropped)."""
+        wait_until(lambda: not self.queue_files(), timeout, 0.1, "empty postfix queue")
+
+    def clear(self):
+        """Forget earlier deliveries (between cases sharing one instance)."""
+        new = os.path.join(self.maildir, "new")
+        for n in os.listdir(new):
+            os.unlink(os.path.join(new, n))
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+# ---------------------------------------------------------------- Exim
+
+def ensure_exim(cache=EXIM_CACHE):
+    """Unpack exim4-base + exim4-daemon-heavy into cache (download once).
+
+    Returns the unpacked root. Skips the test when apt cannot provide it."""
+    root = os.path.join(cache, "root")
+    binary = os.path.join(root, "usr/sbin/exim4")
+    if not os.path.exists(binary):
+        require_root()
+        if not shutil.which("apt-get") or not shutil.which("dpkg"):
+            raise unittest.SkipTest("apt-get/dpkg needed to fetch exim4-daemon-heavy")
+        debs = os.path.join(cache, "debs")
+        os.makedirs(debs, exist_ok=True)
+        have = [f for f in os.listdir(debs) if f.endswith(".deb")]
+        if not any(f.startswith("exim4-daemon-heavy_") for f in have) or \
+                not any(f.startswith("exim4-base_") for f in have):
+            r = subprocess.run(["apt-get", "download", "exim4-base", "exim4-daemon-heavy"],
+                               cwd=debs, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, timeout=300)
+            if r.returncode != 0:
+                raise unittest.SkipTest("apt-get download exim4-daemon-heavy failed: %s"
+                                        % r.stdout.decode()[-500:])
+        tmp = root + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        for f in sorted(os.listdir(debs)):
+            if f.endswith(".deb"):
+                subprocess.run(["dpkg", "-x", os.path.join(debs, f), tmp], check=True, timeout=120)
+        os.rename(tmp, root)
+    return root
+
+
+def ensure_exim_user():
+    import pwd
+    try:
+        pwd.getpwnam("Debian-exim")
+    except KeyError:
+        require_root()
+        subprocess.run(["useradd", "-r", "-M", "-d", "/nonexistent", "-s", "/usr/sbin/nologin",
+                        "Debian-exim"], check=True, timeout=30)
+
+
+_EXIM_CONF = """# private test instance of Exim 4.96
+exim_path = %(exim)s
+spool_directory = %(spool)s
+log_file_path = %(log)s/%%slog
+pid_file_path = %(base)s/exim.pid
+exim_user = Debian-exim
+exim_group = Debian-exim
+never_users = root
+keep_environment =
+primary_hostname = exim.example.test
+qualify_domain = example.test
+domainlist local_domains = example.test
+daemon_smtp_ports = %(port)d
+local_interfaces = 127.0.0.1
+hosts_proxy = 127.0.0.1
+proxy_protocol_timeout = 5s
+host_lookup =
+rfc1413_hosts =
+tls_advertise_hosts =
+smtputf8_advertise_hosts = *
+chunking_advertise_hosts = *
+pipelining_advertise_hosts = *
+accept_8bitmime = true
+message_size_limit = 20M
+smtp_banner = exim.example.test ESMTP Exim $version_number
+smtp_accept_max = 50
+acl_smtp_rcpt = mx_rcpt
+split_spool_directory = false
+queue_run_max = 1
+log_selector = +received_recipients +smtp_connection +proxy +incoming_interface
+
+begin acl
+
+mx_rcpt:
+  accept  domains = +local_domains
+          recipients = lsearch;%(recipients)s
+  deny    message = 5.1.1 <$local_part@$domain>: unknown user
+
+begin routers
+
+mx_local:
+  driver = accept
+  domains = +local_domains
+  transport = mx_maildir
+
+begin transports
+
+mx_maildir:
+  driver = appendfile
+  directory = %(maildir)s
+  maildir_format
+  create_directory
+  user = Debian-exim
+  group = Debian-exim
+  mode = 0644
+  envelope_to_add = false
+  return_path_add = false
+  delivery_date_add = false
+  message_prefix = "MXTEST-ENVELOPE $message_exim_id <$sender_address> <$local_part@$domain>\\n"
+
+begin retry
+
+*  *  F,1m,5s
+"""
+
+
+class EximInstance:
+    """A private Exim listening on 127.0.0.1:port, run in the foreground.
+
+    Connections from 127.0.0.1 must start with a PROXY header (hosts_proxy);
+    from any other loopback address they are plain SMTP. Deliveries land in
+    <base>/mail/new, one file per recipient, behind an envelope line that
+    `deliveries()` strips."""
+
+    def __init__(self, tmpdir, port=None, recipients=RECIPIENTS):
+        require_root()
+        self.root = ensure_exim()
+        ensure_exim_user()
+        self.port = port or free_port()
+        self.base = os.path.join(tmpdir, "exim-%d" % self.port)
+        self.spool = os.path.join(self.base, "spool")
+        self.logdir = os.path.join(self.base, "log")
+        self.maildir = os.path.join(self.base, "mail")
+        self.conf = os.path.join(self.base, "exim.conf")
+        self.binary = os.path.join(self.root, "usr/sbin/exim4")
+        self.recipients = recipients
+        self.proc = None
+        self._reap_key = None
+        self._out = None
+
+    def env(self):
+        e = dict(os.environ)
+        e["LD_LIBRARY_PATH"] = "%s/usr/lib/x86_64-linux-gnu:%s/usr/lib" % (self.root, self.root)
+        return e
+
+    def _write_config(self):
+        for d in (self.spool, self.logdir, os.path.join(self.maildir, "new"),
+                  os.path.join(self.maildir, "cur"), os.path.join(self.maildir, "tmp")):
+            os.makedirs(d, exist_ok=True)
+        os.chmod(os.path.dirname(self.base), 0o755)
+        os.chmod(self.base, 0o755)
+        _chown_tree(self.spool, "Debian-exim")
+        _chown_tree(self.logdir, "Debian-exim")
+        _chown_tree(self.maildir, "Debian-exim")
+        rfile = os.path.join(self.base, "recipients")
+        with open(rfile, "w") as f:
+            for r in self.recipients:
+                f.write("%s: ok\n" % r)
+        with open(self.conf, "w") as f:
+            f.write(_EXIM_CONF % {"exim": self.binary, "spool": self.spool, "log": self.logdir,
+                                  "base": self.base, "port": self.port, "recipients": rfile,
+                                  "maildir": self.maildir})
+        os.chmod(self.conf, 0o644)
+
+    def start(self):
+        self._write_config()
+        self._out = open(os.path.join(self.logdir, "daemon.out"), "wb")
+        self.proc = subprocess.Popen([self.binary, "-C", self.conf, "-bdf", "-q5s"],
+                                     env=self.env(), stdin=subprocess.DEVNULL,
+                                     stdout=self._out, stderr=subprocess.STDOUT)
+        self._reap_key = reaper.add(pid=self.proc.pid)
+        try:
+            wait_port(self.port, 20, proc=self.proc)
+        except Exception:
+            raise RuntimeError("exim did not start: %s" % self.log("paniclog") + self.log())
+        return self
+
+    def stop(self):
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGTERM, 10)
+            self.proc = None
+        reaper.remove(self._reap_key)
+        self._reap_key = None
+        if self._out:
+            self._out.close()
+            self._out = None
+
+    def log(self, name="mainlog"):
+        try:
+            with open(os.path.join(self.logdir, name), "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def wait_log(self, pattern, timeout=10):
+        rx = re.compile(pattern)
+        return wait_until(lambda: rx.search(self.log()), timeout, 0.1, "exim log /%s/" % pattern)
+
+    def deliveries(self):
+        new = os.path.join(self.maildir, "new")
+        out = []
+        try:
+            names = sorted(os.listdir(new), key=lambda n: os.stat(os.path.join(new, n)).st_mtime_ns)
+        except OSError:
+            return out
+        for n in names:
+            p = os.path.join(new, n)
+            with open(p, "rb") as f:
+                data = f.read()
+            first, _, rest = data.partition(b"\n")
+            m = re.match(rb"MXTEST-ENVELOPE (\S+) <(.*)> <(.*)>$", first)
+            if not m:
+                out.append(Delivery(p, "", "", data))
+                continue
+            out.append(Delivery(p, m.group(2).decode("utf-8", "replace"),
+                                m.group(3).decode("utf-8", "replace"), rest,
+                                m.group(1).decode()))
+        return out
+
+    def wait_deliveries(self, n, timeout=20):
+        return wait_until(lambda: (lambda d: d if len(d) >= n else None)(self.deliveries()),
+                          timeout, 0.1, "%d exim deliveries" % n)
+
+    def queue_files(self):
+        out = []
+        for sub in ("input",):
+            for root, _, files in os.walk(os.path.join(self.spool, sub)):
+                out += [os.path.join(root, f) for f in files]
+        return out
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+# ---------------------------------------------------------------- mxgate
+
+def parse_kv(line):
+    """Parse a key=value log line; values may be "double quoted"."""
+    out = {}
+    for m in re.finditer(r'([A-Za-z0-9_.\-]+)=("(?:[^"\\]|\\.)*"|\S*)', line):
+        v = m.group(2)
+        if v.startswith('"') and v.endswith('"') and len(v) >= 2:
+            v = re.sub(r"\\(.)", r"\1", v[1:-1])
+        out[m.group(1)] = v
+    return out
+
+
+class Mxgate:
+    """The daemon under test, in the foreground, with a config written here.
+
+    conf: {"section.key": value}; merged over defaults that listen on a free
+    loopback port with an admin port, log at debug level and use one worker.
+    """
+
+    def __init__(self, tmpdir, conf=None, binary=None, name="mxgate"):
+        self.binary = binary or mxgate_binary()
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.dir = os.path.join(tmpdir, "%s-%d" % (name, self.port))
+        os.makedirs(self.dir, exist_ok=True)
+        self.config_path = os.path.join(self.dir, "mxgate.conf")
+        self.conf = {
+            "smtp.listen": "%s:%d" % (HOST, self.port),
+            "smtp.hostname": "mxgate.example.test",
+            "smtp.workers": "1",
+            "smtp.idle_timeout": "30",
+            "smtp.data_timeout": "30",
+            "backend.connect_timeout": "3",
+            "backend.command_timeout": "10",
+            "backend.forward": "xclient",
+            "admin.listen": "%s:%d" % (HOST, self.admin_port),
+            "log.level": "debug",
+        }
+        self.conf.update(conf or {})
+        self.proc = None
+        self.lines = []
+        self._cond = threading.Condition()
+        self._reader = None
+        self._reap_key = None
+        self.logfile = os.path.join(self.dir, "mxgate.log")
+        self.returncode = None
+
+    def write_config(self, conf=None, path=None):
+        conf = self.conf if conf is None else conf
+        sections = {}
+        for k, v in conf.items():
+            sec, _, key = k.partition(".")
+            sections.setdefault(sec, []).append((key, v))
+        text = ""
+        for sec, kvs in sections.items():
+            text += "[%s]\n" % sec
+            for k, v in kvs:
+                text += "%s = %s\n" % (k, v)
+            text += "\n"
+        with open(path or self.config_path, "w") as f:
+            f.write(text)
+        return path or self.config_path
+
+    def set(self, **kw):
+        """Change keys (section__key=value) and rewrite the config file."""
+        for k, v in kw.items():
+            self.conf[k.replace("__", ".")] = v
+        self.write_config()
+
+    def _read(self, stream):
+        with open(self.logfile, "ab") as log:
+            for raw in iter(stream.readline, b""):
+                log.write(raw)
+                log.flush()
+                with self._cond:
+                    self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                    self._cond.notify_all()
+        stream.close()
+
+    def start(self, wait=True, extra_args=()):
+        self.write_config()
+        self.proc = subprocess.Popen([self.binary, "-c", self.config_path] + list(extra_args),
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        self._reap_key = reaper.add(pid=self.proc.pid)
+        self._reader = threading.Thread(target=self._read, args=(self.proc.stderr,), daemon=True)
+        self._reader.start()
+        if wait:
+            try:
+                wait_port(self.port, 15, proc=self.proc)
+            except Exception as e:
+                self.kill()
+                raise AssertionError("mxgate did not start: %s\n%s" % (e, self.log_text()))
+        return self
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout=20):
+        """SIGTERM and wait; returns the exit code (None if it had to be killed)."""
+        if self.proc is None:
+            return self.returncode
+        rc = stop_process(self.proc, signal.SIGTERM, timeout)
+        if self._reader:
+            self._reader.join(5)
+        reaper.remove(self._reap_key)
+        self._reap_key = None
+        self.proc = None
+        self.returncode = rc
+        return rc
+
+    def kill(self):
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(5)
+            if self._reader:
+                self._reader.join(5)
+            reaper.remove(self._reap_key)
+            self.returncode = self.proc.returncode
+            self.proc = None
+
+    def log_text(self):
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def events(self, name=None):
+        with self._cond:
+            lines = list(self.lines)
+        out = []
+        for line in lines:
+            kv = parse_kv(line)
+            if name is None or kv.get("event") == name:
+                out.append(kv)
+        return out
+
+    def wait_event(self, timeout=10, **match):
+        """Wait for a log line whose fields include all of match."""
+        def find():
+            for kv in self.events():
+                if all(kv.get(k) == v for k, v in match.items()):
+                    return kv
+            return None
+        return wait_until(find, timeout, 0.05, "mxgate log line with %r" % match)
+
+    def check_config(self, path=None, extra=()):
+        """Run `mxgate --check`; returns CompletedProcess (text output)."""
+        return subprocess.run([self.binary, "--check", "-c", path or self.config_path] + list(extra),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=20, text=True, errors="replace")
+
+    def health(self, timeout=5):
+        """GET /health on the admin port: (status, body)."""
+        import http.client
+        c = http.client.HTTPConnection(HOST, self.admin_port, timeout=timeout)
+        try:
+            c.request("GET", "/health")
+            r = c.getresponse()
+            return r.status, r.read().decode("utf-8", "replace")
+        finally:
+            c.close()
+
+    def client(self, source=None, timeout=20, read_banner=True):
+        c = SmtpClient(self.port, source=source, timeout=timeout)
+        if read_banner:
+            c.banner = c.reply()
+        return c
+
+    def smtplib(self, source=None, timeout=20):
+        import smtplib
+        return smtplib.SMTP(HOST, self.port, local_hostname="client.example.net", timeout=timeout,
+                            source_address=(source, 0) if source else None)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        if self.proc is not None:
+            self.stop()
+
+
+# ---------------------------------------------------------------- raw client
+
+class SmtpError(Exception):
+    pass
+
+
+class Reply:
+    def __init__(self, code, lines):
+        self.code, self.lines = code, lines
+
+    @property
+    def text(self):
+        return "\n".join(self.lines)
+
+    @property
+    def cls(self):
+        return self.code // 100
+
+    def __repr__(self):
+        return "<Reply %d %r>" % (self.code, self.lines)
+
+
+class SmtpClient:
+    """A raw SMTP client: send exact bytes, read replies one at a time."""
+
+    def __init__(self, port, host=HOST, source=None, timeout=20):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        if source:
+            self.sock.bind((source, 0))
+        self.sock.connect((host, port))
+        self.buf = b""
+        self.banner = None
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        self.sock.sendall(data)
+
+    def cmd(self, line):
+        """Send one command line and return its reply."""
+        self.send(line + ("\r\n" if isinstance(line, str) else b"\r\n"))
+        return self.reply()
+
+    def _line(self):
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("connection closed by server (buffered %r)" % self.buf)
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.rstrip(b"\r").decode("utf-8", "replace")
+
+    def reply(self):
+        """Read one (possibly multi-line) reply."""
+        lines = []
+        while True:
+            line = self._line()
+            if len(line) < 3 or not line[:3].isdigit():
+                raise SmtpError("malformed reply line %r" % line)
+            lines.append(line)
+            if len(line) == 3 or line[3] == " ":
+                return Reply(int(line[:3]), lines)
+
+    def replies(self, n):
+        return [self.reply() for _ in range(n)]
+
+    def ehlo(self, name="client.example.net"):
+        r = self.cmd("EHLO " + name)
+        self.extensions = [l[4:].split(" ")[0].upper() for l in r.lines[1:]]
+        return r
+
+    def transact(self, sender, rcpts, msg, mail_params="", rcpt_params=""):
+        """One MAIL/RCPT.../DATA transaction, one command at a time.
+
+        Returns {"mail": Reply, "rcpt": [Reply], "data": Reply|None,
+        "final": Reply|None}; stops at a failed MAIL or when no RCPT passed."""
+        out = {"mail": None, "rcpt": [], "data": None, "final": None}
+        out["mail"] = self.cmd("MAIL FROM:<%s>%s" % (sender, mail_params))
+        if out["mail"].cls != 2:
+            return out
+        for r in rcpts:
+            out["rcpt"].append(self.cmd("RCPT TO:<%s>%s" % (r, rcpt_params)))
+        if not any(r.cls == 2 for r in out["rcpt"]):
+            return out
+        out["data"] = self.cmd("DATA")
+        if out["data"].code != 354:
+            return out
+        self.send(dot_stuff(msg))
+        out["final"] = self.reply()
+        return out
+
+    def closed_by_peer(self, timeout=5):
+        """True when the server closes the connection within timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([self.sock], [], [], 0.1)
+            if r:
+                try:
+                    chunk = self.sock.recv(65536)
+                except (ConnectionResetError, socket.timeout):
+                    return True
+                if not chunk:
+                    return True
+                self.buf += chunk
+        return False
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ---------------------------------------------------------------- fake backend
+
+class Hang:
+    """Stop answering; keep the socket open until the peer leaves."""
+
+
+class Close:
+    """Close the connection instead of answering."""
+
+
+class Garbage:
+    """Answer with bytes that are not an SMTP reply."""
+
+    def __init__(self, data=b"\x00\x01garbage that is not smtp\r\n"):
+        self.data = data
+
+
+class FakeBackend:
+    """A scriptable SMTP server on 127.0.0.1:port (one thread per connection).
+
+    script maps a stage to an action: a reply string, Hang(), Close() or
+    Garbage(). Stages: greeting, ehlo, helo, xclient, xforward, mail, rcpt,
+    data (the 354), eod (the final reply after the dot or BDAT LAST), rset,
+    noop, quit, other. A PROXY v1/v2 header is accepted and recorded.
+    Everything received is kept per connection in `conns`; every message
+    answered with 2xx is appended to `accepted`.
+    """
+
+    EHLO = ["PIPELINING", "SIZE 52428800", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES",
+            "DSN", "XCLIENT NAME ADDR PROTO HELO LOGIN PORT DESTADDR DESTPORT",
+            "XFORWARD NAME ADDR PROTO HELO SOURCE PORT IDENT"]
+
+    DEFAULTS = {
+        "greeting": "220 fake.example.test ESMTP fake",
+        "helo": "250 fake.example.test",
+        "xclient": "220 fake.example.test ESMTP fake",
+        "xforward": "250 2.0.0 Ok",
+        "mail": "250 2.1.0 Ok",
+        "rcpt": "250 2.1.5 Ok",
+        "data": "354 End data with <CR><LF>.<CR><LF>",
+        "eod": "250 2.0.0 Ok: queued as FAKE%(n)d",
+        "rset": "250 2.0.0 Ok",
+        "noop": "250 2.0.0 Ok",
+        "quit": "221 2.0.0 Bye",
+        "other": "502 5.5.2 Error: command not recognized",
+    }
+
+    class Conn:
+        def __init__(self, sock):
+            self.sock = sock
+            self.lines = []       # command lines as received
+            self.proxy = None     # PROXY header bytes, if any
+            self.messages = []    # raw DATA payloads (dot-unstuffed, CRLF kept)
+            self.closed = threading.Event()
+
+    def __init__(self, script=None, port=None, ehlo=None):
+        self.script = dict(script or {})
+        self.port = port or free_port()
+        self.ehlo_ext = list(self.EHLO if ehlo is None else ehlo)
+        self.conns = []
+        self.accepted = []
+        self.n = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = []
+        self.lsock = None
+
+    def set(self, stage, action):
+        with self._lock:
+            if action is None:
+                self.script.pop(stage, None)
+            else:
+                self.script[stage] = action
+
+    def start(self):
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind((HOST, self.port))
+        self.lsock.listen(64)
+        self.lsock.settimeout(0.2)
+        t = threading.Thread(target=self._accept, daemon=True)
+        t.start()
+        self._threads.append(t)
+        return self
+
+    def stop(self):
+        self._stop.set()
+        if self.lsock:
+            self.lsock.close()
+        with self._lock:
+            conns = list(self.conns)
+        for c in conns:
+            try:
+                c.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.sock.close()
+        for t in self._threads:
+            t.join(5)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def _accept(self):
+        while not self._stop.is_set():
+            try:
+                s, _ = self.lsock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            c = self.Conn(s)
+            with self._lock:
+                self.conns.append(c)
+            t = threading.Thread(target=self._serve, args=(c,), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _action(self, stage):
+        with self._lock:
+            a = self.script.get(stage, self.DEFAULTS.get(stage))
+            if stage == "eod":
+                self.n += 1
+            n = self.n
+        if isinstance(a, str):
+            a = a % {"n": n} if "%(n)" in a else a
+        return a
+
+    def _do(self, c, stage):
+        """Perform the action for stage; returns the reply sent (or None)."""
+        a = self._action(stage)
+        if isinstance(a, Hang):
+            while not self._stop.is_set():
+                r, _, _ = select.select([c.sock], [], [], 0.2)
+                if r:
+                    try:
+                        if not c.sock.recv(65536):
+                            break
+                    except OSError:
+                        break
+            raise EOFError
+        if isinstance(a, Close):
+            raise EOFError
+        if isinstance(a, Garbage):
+            c.sock.sendall(a.data)
+            return None
+        if stage == "ehlo" and a is None:
+            lines = ["fake.example.test"] + self.ehlo_ext
+            out = "".join("250%s%s\r\n" % ("-" if i < len(lines) - 1 else " ", l)
+                          for i, l in enumerate(lines))
+            c.sock.sendall(out.encode())
+            return "250"
+        c.sock.sendall(a.encode("utf-8") + b"\r\n")
+        return a
+
+    def _serve(self, c):
+        s = c.sock
+        s.settimeout(60)
+        buf = b""
+
+        def fill():
+            nonlocal buf
+            chunk = s.recv(65536)
+            if not chunk:
+                raise EOFError
+            buf += chunk
+
+        def line():
+            nonlocal buf
+            while b"\r\n" not in buf:
+                if len(buf) > 100000:
+                    raise EOFError
+                fill()
+            l, _, buf = buf.partition(b"\r\n")
+            return l
+
+        try:
+            # a PROXY v2 header starts with this signature, v1 with "PROXY "
+            while len(buf) < 12 and not self._stop.is_set():
+                r, _, _ = select.select([s], [], [], 0.05)
+                if r:
+                    fill()
+                else:
+                    break
+            if buf.startswith(b"\r\n\r\n\x00\r\nQUIT\n"):
+                while len(buf) < 16:
+                    fill()
+                ln = int.from_bytes(buf[14:16], "big")
+                while len(buf) < 16 + ln:
+                    fill()
+                c.proxy, buf = buf[:16 + ln], buf[16 + ln:]
+            elif buf.startswith(b"PROXY "):
+                c.proxy = line() + b"\r\n"
+            if self._do(c, "greeting") is None:
+                pass
+            in_mail = False
+            while not self._stop.is_set():
+                l = line()
+                c.lines.append(l)
+                verb = l.split(b" ", 1)[0].upper().decode("ascii", "replace")
+                if verb == "EHLO":
+                    self._do(c, "ehlo")
+                elif verb == "HELO":
+                    self._do(c, "helo")
+                elif verb in ("XCLIENT", "XFORWARD"):
+                    self._do(c, verb.lower())
+                elif verb == "MAIL":
+                    r = self._do(c, "mail")
+                    in_mail = bool(r and r.startswith("2"))
+                    c.rcpts = []
+                    c.mail_from = l
+                elif verb == "RCPT":
+                    r = self._do(c, "rcpt")
+                    if r and r.startswith("2"):
+                        c.rcpts.append(l)
+                elif verb == "DATA":
+                    r = self._do(c, "data")
+                    if not (r and r.startswith("3")):
+                        continue
+                    # the payload ends at CRLF.CRLF; an empty one is just ".CRLF"
+                    while (b"\r\n" + buf).find(b"\r\n.\r\n") < 0:
+                        fill()
+                    whole = b"\r\n" + buf
+                    i = whole.find(b"\r\n.\r\n")
+                    raw, buf = whole[2:i + 2], whole[i + 5:]
+                    body = re.sub(rb"(^|\r\n)\.", rb"\1", raw)
+                    c.messages.append(body)
+                    r = self._do(c, "eod")
+                    if r and r.startswith("2"):
+                        with self._lock:
+                            self.accepted.append((c.mail_from, list(c.rcpts), body))
+                    in_mail = False
+                elif verb == "BDAT":
+                    parts = l.split()
+                    size = int(parts[1])
+                    last = len(parts) > 2 and parts[2].upper() == b"LAST"
+                    while len(buf) < size:
+                        fill()
+                    chunk, buf = buf[:size], buf[size:]
+                    c.chunk = getattr(c, "chunk", b"") + chunk
+                    if not last:
+                        s.sendall(b"250 2.0.0 Ok: %d octets\r\n" % size)
+                        continue
+                    body, c.chunk = c.chunk, b""
+                    c.messages.append(body)
+                    r = self._do(c, "eod")
+                    if r and r.startswith("2"):
+                        with self._lock:
+                            self.accepted.append((c.mail_from, list(c.rcpts), body))
+                elif verb == "RSET":
+                    self._do(c, "rset")
+                elif verb == "NOOP":
+                    self._do(c, "noop")
+                elif verb == "QUIT":
+                    self._do(c, "quit")
+                    break
+                else:
+                    self._do(c, "other")
+        except (EOFError, OSError, ValueError):
+            pass
+        finally:
+            c.closed.set()
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def all_lines(self):
+        with self._lock:
+            return [l for c in self.conns for l in c.lines]
+
+
+# ---------------------------------------------------------------- test base
+
+class IntegrationCase(unittest.TestCase):
+    """A TestCase with a private temp dir and clean-up of everything started.
+
+    On failure, the tail of each daemon's log goes to stderr. Set
+    MXTEST_KEEP=1 to keep the temp dir for inspection."""
+
+    maxDiff = 4000
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="mxtest-")
+        os.chmod(self.tmp, 0o755)
+        self._logs = []
+        self.addCleanup(self._cleanup_tmp)
+
+    def _failed(self):
+        outcome = getattr(self, "_outcome", None)
+        return not getattr(outcome, "success", False)
+
+    def _cleanup_tmp(self):
+        if self._failed():
+            for name, fn in self._logs:
+                try:
+                    text = fn()
+                except Exception as e:
+                    text = "(log unavailable: %s)" % e
+                sys.stderr.write("\n----- %s (last 60 lines) -----\n%s\n"
+                                 % (name, "\n".join(text.splitlines()[-60:])))
+        if os.environ.get("MXTEST_KEEP"):
+            sys.stderr.write("kept %s\n" % self.tmp)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def postfix(self, **kw):
+        p = PostfixInstance(self.tmp, **kw)
+        self.addCleanup(p.stop)
+        p.start()
+        self._logs.append(("postfix %d" % p.port, p.log))
+        return p
+
+    def exim(self, **kw):
+        e = EximInstance(self.tmp, **kw)
+        self.addCleanup(e.stop)
+        e.start()
+        self._logs.append(("exim %d" % e.port, e.log))
+        return e
+
+    def fake(self, script=None, **kw):
+        f = FakeBackend(script, **kw)
+        self.addCleanup(f.stop)
+        return f.start()
+
+    def mxgate(self, backends, conf=None, start=True, forward=None):
+        """Start mxgate in front of backends (ports or objects with .port)."""
+        ports = [b if isinstance(b, int) else b.port for b in backends]
+        c = {"backend.servers": ";".join("%s:%d" % (HOST, p) for p in ports)}
+        if forward:
+            c["backend.forward"] = forward
+        c.update(conf or {})
+        m = Mxgate(self.tmp, c)
+        self.addCleanup(self._stop_mxgate, m)
+        self._logs.append(("mxgate %d" % m.port, m.log_text))
+        if start:
+            m.start()
+        return m
+
+    def _stop_mxgate(self, m):
+        """Every test ends with SIGTERM: the daemon must exit 0 by itself."""
+        if m.proc is None:
+            return
+        rc = m.stop()
+        if rc != 0:
+            raise AssertionError("mxgate exit code %r after SIGTERM (expected 0)" % rc)
+
+    def assertExitsCleanly(self, m):
+        rc = m.stop()
+        self.assertEqual(rc, 0, "mxgate exit code %r after SIGTERM\n%s" % (rc, m.log_text()[-3000:]))
+
+    def assertMxgateDelivery(self, delivery, original, by_marker, helo=None, ip=None):
+        """delivered == backend Received + mxgate Received + original (as stored)."""
+        backend_hdr, rest = delivery.strip_received(by_marker)
+        field, body = split_header(rest)
+        line = unfold(field)
+        m = MXGATE_RECEIVED.match(line)
+        self.assertTrue(m, "second header is not mxgate's Received: %r" % line)
+        if helo:
+            self.assertEqual(m.group("helo"), helo)
+        if ip:
+            self.assertEqual(m.group("ip"), ip)
+        self.assertEqual(body, as_stored(original), "message body changed in transit")
+        self.assertNotIn(b"(mxgate)", body, "more than one mxgate Received header")
+        return backend_hdr, m
+
+
+def main():
+    """Run the calling module's tests; exit 77 (ctest SKIP_RETURN_CODE)
+    when every test was skipped, 1 on any failure."""
+    prog = unittest.main(verbosity=2, exit=False)
+    r = prog.result
+    if not r.wasSuccessful():
+        sys.exit(1)
+    if r.testsRun and len(r.skipped) == r.testsRun:
+        sys.exit(77)
+    sys.exit(0)
