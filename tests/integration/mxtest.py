@@ -252,9 +252,13 @@ def headers_of(data):
     return out
 
 
+# mxgate's trace header (RFC 5321 4.4): from HELO ([IP]) by HOST (mxgate)
+# with PROTO id SID; DATE. An optional reverse name before the address
+# ("unknown [IP]") and a "for <rcpt>" clause are the usual forms.
 MXGATE_RECEIVED = re.compile(
-    r"^Received: from (?P<helo>\S+) \(\[(?P<ip>[0-9a-fA-F.:]+)\]\) "
-    r"by (?P<by>\S+) \(mxgate\) with (?P<proto>\S+) id (?P<id>\S+); (?P<date>.+)$")
+    r"^Received: from (?P<helo>\S+) \((?:\S+ )?\[(?P<ip>[0-9a-fA-F.:]+)\]\) "
+    r"by (?P<by>\S+) \(mxgate\) with (?P<proto>\S+) id (?P<id>[^\s;]+)"
+    r"(?: for <[^>]*>)?; (?P<date>.+)$")
 
 
 def make_message(subject="mxgate test", body=None, extra_headers=(), sender="sender@client.test",
@@ -1255,9 +1259,14 @@ class FakeBackend:
             a = a % {"n": n} if "%(n)" in a else a
         return a
 
-    def _do(self, c, stage):
-        """Perform the action for stage; returns the reply sent (or None)."""
+    def _do(self, c, stage, on_ok=None):
+        """Perform the action for stage; returns the reply sent (or None).
+
+        on_ok runs before a 2xx reply is sent, so whoever reads the reply
+        already finds its effect recorded."""
         a = self._action(stage)
+        if on_ok is not None and isinstance(a, str) and a.startswith("2"):
+            on_ok()
         if isinstance(a, Hang):
             while not self._stop.is_set():
                 r, _, _ = select.select([c.sock], [], [], 0.2)
@@ -1354,10 +1363,7 @@ class FakeBackend:
                     raw, buf = whole[2:i + 2], whole[i + 5:]
                     body = re.sub(rb"(^|\r\n)\.", rb"\1", raw)
                     c.messages.append(body)
-                    r = self._do(c, "eod")
-                    if r and r.startswith("2"):
-                        with self._lock:
-                            self.accepted.append((c.mail_from, list(c.rcpts), body))
+                    self._do(c, "eod", lambda: self._accept_msg(c, body))
                     in_mail = False
                 elif verb == "BDAT":
                     parts = l.split()
@@ -1372,10 +1378,7 @@ class FakeBackend:
                         continue
                     body, c.chunk = c.chunk, b""
                     c.messages.append(body)
-                    r = self._do(c, "eod")
-                    if r and r.startswith("2"):
-                        with self._lock:
-                            self.accepted.append((c.mail_from, list(c.rcpts), body))
+                    self._do(c, "eod", lambda: self._accept_msg(c, body))
                 elif verb == "RSET":
                     self._do(c, "rset")
                 elif verb == "NOOP":
@@ -1393,6 +1396,10 @@ class FakeBackend:
                 s.close()
             except OSError:
                 pass
+
+    def _accept_msg(self, c, body):
+        with self._lock:
+            self.accepted.append((c.mail_from, list(c.rcpts), body))
 
     def all_lines(self):
         with self._lock:

@@ -106,18 +106,21 @@ class TestReplies(ProtocolCase):
 
     def test_logs_one_line_per_message_and_per_disconnect(self):
         with self.gw.client() as c:
+            port = str(c.sock.getsockname()[1])
             c.ehlo()
             for i in range(2):
                 t = c.transact("log@client.test", ["alice@example.test"], mt.make_message())
                 self.assertEqual(t["final"].code, 250)
             c.cmd("QUIT")
-        self.gw.wait_event(event="disconnect")
+        disc = self.gw.wait_event(event="disconnect", port=port)
         time.sleep(0.3)
-        msgs = self.gw.events("message")
+        self.assertEqual(len([e for e in self.gw.events("disconnect") if e.get("port") == port]), 1)
+        sid = disc.get("sid")
+        self.assertTrue(sid, disc)
+        msgs = [e for e in self.gw.events("message") if e.get("sid") == sid]
         self.assertEqual(len(msgs), 2, msgs)
         for m in msgs:
             self.assertIn("outcome", m)
-        self.assertEqual(len(self.gw.events("disconnect")), 1)
 
     def test_received_header_added_once_nothing_else_changed(self):
         msg = mt.make_message(subject="fake exact", body=b"a\r\n..b\r\n")

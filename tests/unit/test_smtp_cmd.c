@@ -204,6 +204,7 @@ static const crow rows[] = {
     { L("MAIL FROM:<\"a\"b@c.d>"), .st = E_SENDER, .verb = MX_CMD_MAIL },
     { L("MAIL FROM:<\"a\\\xc3\xa9\"@b.c>"), .st = E_SENDER, .verb = MX_CMD_MAIL },
     { L("MAIL FROM:<\"a\\\"@b.c>"), .st = E_SENDER, .verb = MX_CMD_MAIL },
+    { L("MAIL FROM:<\"a\\\x80\"@b.c>"), .st = E_SENDER, .verb = MX_CMD_MAIL },
     { L("MAIL FROM:<a@[192.0.2.256]>"), .st = E_SENDER, .verb = MX_CMD_MAIL },
     { L("MAIL FROM:<a@[192.0.2]>"), .st = E_SENDER, .verb = MX_CMD_MAIL },
     { L("MAIL FROM:<a@[192.0.2.1.5]>"), .st = E_SENDER, .verb = MX_CMD_MAIL },
