@@ -131,6 +131,9 @@ mx_server *mx_server_new(mx_config *cfg, struct ev_loop *main_loop, char **err)
     srv->node_tag = g_random_int();
     atomic_store(&srv->backend_up, 1);
 
+    /* Blocking work (scans, store calls) runs here; the backlog bound is
+     * what lets a session answer 4xx rather than queue without limit. */
+    srv->offload = mx_offload_new(0, 4 * cfg->max_sessions);
     int n = cfg->workers > 0 ? cfg->workers : (int)g_get_num_processors();
     srv->nworkers = n;
     srv->workers = g_new0(mx_worker, n);
@@ -142,6 +145,7 @@ mx_server *mx_server_new(mx_config *cfg, struct ev_loop *main_loop, char **err)
         ev_async_init(&w->wake, on_wake);
         w->wake.data = w;
         ev_async_start(w->loop, &w->wake);
+        mx_offload_port_init(&w->port, srv->offload, w->loop);
         g_queue_init(&w->sessions);
         w->nlsn = cfg->nlistens;
         w->lsn = g_new0(ev_io, cfg->nlistens);
@@ -198,9 +202,12 @@ void mx_server_join_free(mx_server *srv)
             g_free(w->lsn_conf[j].addr.text);
         g_free(w->lsn);
         g_free(w->lsn_conf);
-        if (w->loop)
+        if (w->loop) {
+            mx_offload_port_close(&w->port);
             ev_loop_destroy(w->loop);
+        }
     }
+    mx_offload_free(srv->offload);
     g_free(srv->workers);
     mx_config_unref(srv->cfg);
     g_mutex_clear(&srv->lock);

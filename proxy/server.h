@@ -18,6 +18,7 @@
 #include <glib.h>
 
 #include "config.h"
+#include "offload.h"
 #include "spool.h"
 
 typedef struct mx_server mx_server;
@@ -33,6 +34,7 @@ typedef struct mx_worker {
     mx_listen *lsn_conf; /* parallel to lsn: the listener config at start */
     GQueue sessions;     /* owned by session.c (links live in the sessions) */
     int draining;        /* this loop has stopped accepting */
+    mx_offload_port port; /* blocking jobs (scans, store calls) finish here */
 } mx_worker;
 
 struct mx_server {
@@ -50,6 +52,7 @@ struct mx_server {
     atomic_uint_fast64_t messages_rejected;
     atomic_uint_fast64_t messages_tempfailed;
     mx_spool_budget spool;
+    mx_offload *offload;    /* the one thread pool for blocking work */
     uint32_t node_tag;      /* random per process: session ids are unique across nodes */
 
     struct ev_loop *main_loop;

@@ -95,7 +95,9 @@ typedef struct mx_session {
 
     mx_txn txn;     /* reset by txn_reset() */
     mx_cmd_verb pending;       /* command the backend is working on */
-    mx_reply_id after_rset;    /* reply to give once a backend RSET completes */
+    mx_reply_id after_rset;    /* reply to give once a backend RSET completes;
+                                  MX_R__COUNT = already given */
+    char after_rset_arg[24];
     mx_data_dec dec;
     mx_spool spool;
     uint64_t chunk_left;       /* BDAT octets still to read */
@@ -360,17 +362,20 @@ static void to_cmd_phase(mx_session *s)
     set_timer(s, s->cfg->idle_timeout);
 }
 
-/* Reset the backend's transaction too, then give reply id. */
-static void rset_then_reply(mx_session *s, mx_reply_id id)
+/* Reset the backend's transaction too, then give reply id (MX_R__COUNT:
+ * the reply was already queued). */
+static void rset_then_reply(mx_session *s, mx_reply_id id, const char *arg)
 {
     txn_reset(s);
     if (s->relay && mx_relay_connected(s->relay)) {
         s->after_rset = id;
+        g_strlcpy(s->after_rset_arg, arg ? arg : "", sizeof(s->after_rset_arg));
         wait_backend(s, MX_CMD_RSET);
         mx_relay_rset(s->relay);
         return;
     }
-    reply(s, id, NULL);
+    if (id != MX_R__COUNT)
+        reply(s, id, arg);
 }
 
 static void relay_done(void *owner, mx_relay_status st, const mx_reply *r)
@@ -418,7 +423,8 @@ static void relay_done(void *owner, mx_relay_status st, const mx_reply *r)
             mx_relay_free(s->relay);
             s->relay = NULL;
         }
-        reply(s, s->after_rset, NULL);
+        if (s->after_rset != MX_R__COUNT)
+            reply(s, s->after_rset, s->after_rset_arg);
         break;
     case MX_CMD_DATA:
     case MX_CMD_BDAT: {
@@ -436,13 +442,11 @@ static void relay_done(void *owner, mx_relay_status st, const mx_reply *r)
             s->nmsgs++;
         log_message(s, outcome, t->str);
         g_string_free(t, TRUE);
-        txn_reset(s);
         /* A 4xx/5xx to DATA leaves the backend in a transaction. */
-        if (st == MX_RELAY_REPLY && !ok && s->relay && mx_relay_connected(s->relay)) {
-            s->after_rset = MX_R__COUNT;
-            wait_backend(s, MX_CMD_RSET);
-            mx_relay_rset(s->relay);
-        }
+        if (st == MX_RELAY_REPLY && !ok)
+            rset_then_reply(s, MX_R__COUNT, NULL);
+        else
+            txn_reset(s);
         break;
     }
     default:
@@ -620,7 +624,7 @@ static void cmd_bdat(mx_session *s, const mx_cmd *c)
     s->chunk_error = -1;
     if (s->txn.failed) {
         s->chunk_error = MX_R_BDAT_FAILED;
-    } else if (s->txn.active && !s->txn.bdat && s->dec.out_bytes == 0 && s->spool.size == 0) {
+    } else if (!s->txn.bdat) { /* the first chunk of this transaction */
         int id = data_precheck(s);
         if (id >= 0) {
             s->chunk_error = id;
@@ -628,10 +632,6 @@ static void cmd_bdat(mx_session *s, const mx_cmd *c)
             s->txn.bdat = 1;
             start_body(s, 1);
         }
-    } else if (!s->txn.bdat) {
-        s->chunk_error = data_precheck(s);
-        if (s->chunk_error < 0)
-            s->chunk_error = MX_R_NEED_MAIL;
     }
     s->phase = MX_PHASE_BDAT;
     set_timer(s, s->cfg->data_timeout);
@@ -688,17 +688,7 @@ static void message_complete(mx_session *s)
         mx_replies_format(t, id, arg);
         log_message(s, id == MX_R_SPOOL_FULL ? "tempfail" : "rejected", t->str);
         g_string_free(t, TRUE);
-        if (id == MX_R_LONG_LINE) {
-            txn_reset(s);
-            reply(s, id, arg);
-            if (s->relay && mx_relay_connected(s->relay)) {
-                s->after_rset = MX_R__COUNT;
-                wait_backend(s, MX_CMD_RSET);
-                mx_relay_rset(s->relay);
-            }
-            return;
-        }
-        rset_then_reply(s, id);
+        rset_then_reply(s, id, arg);
         return;
     }
     if (!s->relay || !mx_relay_connected(s->relay)) {
@@ -750,7 +740,7 @@ static void bdat_chunk_done(mx_session *s)
 static void cmd_rset(mx_session *s)
 {
     if (s->txn.active && s->relay && mx_relay_connected(s->relay)) {
-        rset_then_reply(s, MX_R_OK);
+        rset_then_reply(s, MX_R_OK, NULL);
         return;
     }
     txn_reset(s);

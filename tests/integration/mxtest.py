@@ -1423,8 +1423,15 @@ class IntegrationCase(unittest.TestCase):
         self.addCleanup(self._cleanup_tmp)
 
     def _failed(self):
-        outcome = getattr(self, "_outcome", None)
-        return not getattr(outcome, "success", False)
+        # failures are reported to the result as they happen (subtests too),
+        # so look there: the outcome's own flag is reset for each clean-up
+        result = getattr(getattr(self, "_outcome", None), "result", None)
+        if result is None:
+            return True
+        for t, _ in list(getattr(result, "errors", [])) + list(getattr(result, "failures", [])):
+            if t is self or getattr(t, "test_case", None) is self:
+                return True
+        return False
 
     def _cleanup_tmp(self):
         if self._failed():

@@ -393,17 +393,22 @@ static void test_round_trip_random(void)
 
 /* ---- single behaviours that are not one row ---- */
 
+/* feed a whole string literal */
+#define DECODE(d, lit, used, out) \
+    mx_data_decode((d), (lit), &(lit)[sizeof(lit) - 1], (used), emit_gstring, (out))
+
 static void test_bdat_cr_waits_for_next_chunk(void)
 {
+    static const char c1[] = "abc\r", c2[] = "\ndef";
     GString *out = g_string_new(NULL);
     mx_data_dec d;
     size_t used;
 
     mx_data_dec_init(&d, 1, 1, 0);
-    mx_data_decode(&d, "abc\r", "abc\r" + 4, &used, emit_gstring, out);
+    DECODE(&d, c1, &used, out);
     g_assert_cmpuint(used, ==, 4);
     g_assert_cmpstr(out->str, ==, "abc"); /* the CR is held back */
-    mx_data_decode(&d, "\ndef", "\ndef" + 4, &used, emit_gstring, out);
+    DECODE(&d, c2, &used, out);
     g_assert_cmpstr(out->str, ==, "abc\r\ndef");
     g_assert_cmphex(d.flags, ==, 0);
     g_string_free(out, TRUE);
@@ -411,13 +416,14 @@ static void test_bdat_cr_waits_for_next_chunk(void)
 
 static void test_bdat_cr_then_other_byte(void)
 {
+    static const char c1[] = "abc\r", c2[] = "x";
     GString *out = g_string_new(NULL);
     mx_data_dec d;
     size_t used;
 
     mx_data_dec_init(&d, 1, 1, 0);
-    mx_data_decode(&d, "abc\r", "abc\r" + 4, &used, emit_gstring, out);
-    mx_data_decode(&d, "x", "x" + 1, &used, emit_gstring, out);
+    DECODE(&d, c1, &used, out);
+    DECODE(&d, c2, &used, out);
     g_assert_cmpstr(out->str, ==, "abc\r\nx");
     g_assert_cmphex(d.flags, ==, MX_DATA_BARE_CR);
     g_string_free(out, TRUE);
@@ -425,15 +431,14 @@ static void test_bdat_cr_then_other_byte(void)
 
 static void test_decode_after_end(void)
 {
+    static const char c1[] = ".\r\n", c2[] = "x\r\n";
     GString *out = g_string_new(NULL);
     mx_data_dec d;
     size_t used = 99;
 
     mx_data_dec_init(&d, 0, 1, 0);
-    g_assert_cmpint(mx_data_decode(&d, ".\r\n", ".\r\n" + 3, &used, emit_gstring, out), ==,
-                    MX_DONE);
-    g_assert_cmpint(mx_data_decode(&d, "x\r\n", "x\r\n" + 3, &used, emit_gstring, out), ==,
-                    MX_DONE);
+    g_assert_cmpint(DECODE(&d, c1, &used, out), ==, MX_DONE);
+    g_assert_cmpint(DECODE(&d, c2, &used, out), ==, MX_DONE);
     g_assert_cmpuint(used, ==, 0);
     g_assert_cmpuint(out->len, ==, 0);
     g_string_free(out, TRUE);

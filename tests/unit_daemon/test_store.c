@@ -1,0 +1,91 @@
+/*
+ * test_store.c: the embedded store keeps memcached's semantics.
+ */
+#include <string.h>
+
+#include <glib.h>
+
+#include "store.h"
+
+static int64_t fake_now = 1000;
+static int64_t fake_clock(void) { return fake_now; }
+
+static void test_set_get_delete(void)
+{
+    mx_store *s = mx_store_embedded_new(fake_clock);
+    GBytes *v = NULL;
+    g_assert_cmpint(mx_store_get(s, "k", &v), ==, MX_STORE_NOT_FOUND);
+    g_assert_cmpint(mx_store_set(s, "k", "abc", 3, 0), ==, MX_STORE_OK);
+    g_assert_cmpint(mx_store_get(s, "k", &v), ==, MX_STORE_OK);
+    gsize n;
+    const char *p = g_bytes_get_data(v, &n);
+    g_assert_cmpmem(p, n, "abc", 3);
+    g_bytes_unref(v);
+    g_assert_cmpint(mx_store_del(s, "k"), ==, MX_STORE_OK);
+    g_assert_cmpint(mx_store_del(s, "k"), ==, MX_STORE_NOT_FOUND);
+    mx_store_free(s);
+}
+
+static void test_ttl_expires(void)
+{
+    mx_store *s = mx_store_embedded_new(fake_clock);
+    GBytes *v = NULL;
+    mx_store_set(s, "t", "x", 1, 10);
+    fake_now += 9;
+    g_assert_cmpint(mx_store_get(s, "t", &v), ==, MX_STORE_OK);
+    g_bytes_unref(v);
+    fake_now += 1;
+    g_assert_cmpint(mx_store_get(s, "t", &v), ==, MX_STORE_NOT_FOUND);
+    mx_store_free(s);
+}
+
+static void test_incr_creates_and_adds(void)
+{
+    mx_store *s = mx_store_embedded_new(fake_clock);
+    uint64_t now = 0;
+    g_assert_cmpint(mx_store_incr(s, "c", 5, 60, &now), ==, MX_STORE_OK);
+    g_assert_cmpuint(now, ==, 5);
+    g_assert_cmpint(mx_store_incr(s, "c", 2, 60, &now), ==, MX_STORE_OK);
+    g_assert_cmpuint(now, ==, 7);
+    fake_now += 60; /* the window's key expires with its ttl */
+    g_assert_cmpint(mx_store_incr(s, "c", 1, 60, &now), ==, MX_STORE_OK);
+    g_assert_cmpuint(now, ==, 1);
+    mx_store_set(s, "blob", "x", 1, 0);
+    g_assert_cmpint(mx_store_incr(s, "blob", 1, 0, &now), ==, MX_STORE_ERROR);
+    mx_store_free(s);
+}
+
+typedef struct { mx_store *s; int n; } hammer_arg;
+
+static gpointer hammer(gpointer data)
+{
+    hammer_arg *a = data;
+    for (int i = 0; i < a->n; i++)
+        mx_store_incr(a->s, "hot", 1, 0, NULL);
+    return NULL;
+}
+
+static void test_incr_is_atomic_across_threads(void)
+{
+    mx_store *s = mx_store_embedded_new(NULL);
+    hammer_arg a = {s, 20000};
+    GThread *t[4];
+    for (int i = 0; i < 4; i++)
+        t[i] = g_thread_new("hammer", hammer, &a);
+    for (int i = 0; i < 4; i++)
+        g_thread_join(t[i]);
+    uint64_t now = 0;
+    mx_store_incr(s, "hot", 0, 0, &now);
+    g_assert_cmpuint(now, ==, 80000);
+    mx_store_free(s);
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+    g_test_add_func("/store/set, get and delete", test_set_get_delete);
+    g_test_add_func("/store/a key expires with its ttl", test_ttl_expires);
+    g_test_add_func("/store/incr creates at delta and adds", test_incr_creates_and_adds);
+    g_test_add_func("/store/incr is atomic across threads", test_incr_is_atomic_across_threads);
+    return g_test_run();
+}
