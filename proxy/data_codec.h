@@ -14,7 +14,8 @@
  *    normalised newline can NOT start the end sequence, so <LF>.<LF>,
  *    <CR>.<CR>, <LF>.<CR><LF>, <CR><LF>.<LF> and <CR><LF>.<CR> followed by
  *    anything are all content, never the end. With normalize=0 the flag is
- *    set and the caller rejects the message once the real end arrives.
+ *    set, a SP stands in for the byte (so out_bytes still grows), and the
+ *    caller rejects the message once the real end arrives.
  *  - NUL bytes are dropped from the output and flagged.
  *  - Output is un-dot-stuffed: a leading "." on a line that began after a
  *    real <CR><LF> is removed (RFC 5321 4.5.2).

@@ -90,8 +90,8 @@ static void on_workers_done(struct ev_loop *loop, ev_async *w, int revents)
 
 int main(int argc, char **argv)
 {
-    gchar *file = NULL;
-    gchar **overrides = NULL;
+    g_autofree gchar *file = NULL;
+    g_auto(GStrv) overrides = NULL;
     gboolean check = FALSE, version = FALSE, dump = FALSE;
     GOptionEntry entries[] = {
         {"config", 'c', 0, G_OPTION_ARG_FILENAME, &file, "configuration file (INI)", "FILE"},
@@ -107,6 +107,8 @@ int main(int argc, char **argv)
     g_option_context_add_main_entries(ctx, entries, NULL);
     if (!g_option_context_parse(ctx, &argc, &argv, &ge)) {
         fprintf(stderr, "mxgate: %s\n", ge->message);
+        g_error_free(ge);
+        g_option_context_free(ctx);
         return 2;
     }
     g_option_context_free(ctx);
@@ -124,6 +126,7 @@ int main(int argc, char **argv)
     mx_config *cfg = mx_config_load(file, overrides, &err);
     if (!cfg) {
         fprintf(stderr, "mxgate: %s\n", err);
+        g_free(err);
         return 1;
     }
     if (check) {
@@ -178,7 +181,5 @@ int main(int argc, char **argv)
     mx_admin_stop(a.admin);
     mx_server_join_free(a.srv);
     mx_log_msg(MX_LOG_INFO, "stop", "all sessions finished");
-    g_free(file);
-    g_strfreev(overrides);
     return 0;
 }

@@ -61,6 +61,7 @@ typedef struct mx_txn {
     char *from;        /* reverse path as given, for logs */
     int smtputf8;
     int nrcpt;         /* recipients the backend accepted */
+    int rcpt_tried;    /* RCPT commands sent to the backend */
     char *first_rcpt;  /* for the Received header's "for" clause */
     int bdat;          /* BDAT used in this transaction */
     int failed;        /* a BDAT chunk failed: only RSET helps */
@@ -100,6 +101,7 @@ typedef struct mx_session {
     char after_rset_arg[24];
     mx_data_dec dec;
     mx_spool spool;
+    uint64_t raw_bytes;        /* octets read for this message, as sent */
     uint64_t chunk_left;       /* BDAT octets still to read */
     uint64_t chunk_size;
     int chunk_last;
@@ -570,6 +572,7 @@ static void cmd_rcpt(mx_session *s, const mx_cmd *c, const char *line, size_t le
     if (!s->txn.first_rcpt && s->txn.nrcpt == 0)
         s->txn.first_rcpt = g_strndup(c->path.p, c->path.len);
     g_autofree char *bl = backend_line("RCPT TO:", c);
+    s->txn.rcpt_tried++;
     wait_backend(s, MX_CMD_RCPT);
     mx_relay_rcpt(s->relay, bl);
 }
@@ -579,8 +582,9 @@ static int data_precheck(mx_session *s)
 {
     if (!s->txn.active)
         return MX_R_NEED_MAIL;
+    /* RFC 5321 3.3: 503 when no RCPT came, 554 when all were refused. */
     if (s->txn.nrcpt == 0)
-        return MX_R_NO_VALID_RCPT;
+        return s->txn.rcpt_tried ? MX_R_NO_VALID_RCPT : MX_R_NEED_RCPT;
     if (!s->relay || !mx_relay_connected(s->relay))
         return MX_R_BACKEND_LOST;
     return -1;
@@ -588,6 +592,7 @@ static int data_precheck(mx_session *s)
 
 static void start_body(mx_session *s, int bdat)
 {
+    s->raw_bytes = 0;
     mx_data_dec_init(&s->dec, bdat, s->cfg->bare_newline == MX_BARE_NORMALIZE,
                      (size_t)s->cfg->max_text_line_length);
     mx_spool_init(&s->spool, s->cfg->max_message_size, &s->w->srv->spool);
@@ -818,6 +823,15 @@ static int active_phase(const mx_session *s)
 
 static void discard_emit(void *ctx, const char *p, size_t len) {}
 
+/* Dropped bytes (NULs) do not reach the spool, so bound the raw input too:
+ * a message far over the limit on the wire is over the limit. */
+static void count_raw(mx_session *s, size_t n)
+{
+    s->raw_bytes += n;
+    if (s->raw_bytes / 2 > s->cfg->max_message_size)
+        s->spool.over_limit = 1;
+}
+
 static void process(mx_session *s)
 {
     while (active_phase(s) && s->out->len <= OUT_HIGH) {
@@ -828,6 +842,7 @@ static void process(mx_session *s)
             mx_rc rc = mx_data_decode(&s->dec, s->in.pos, s->in.last, &used, mx_spool_emit,
                                       &s->spool);
             s->in.pos += used;
+            count_raw(s, used);
             if (rc != MX_DONE)
                 break;
             to_cmd_phase(s);
@@ -848,6 +863,7 @@ static void process(mx_session *s)
                     mx_data_decode(&s->dec, s->in.pos, s->in.pos, &used, discard_emit, NULL);
                 s->in.pos += n;
                 s->chunk_left -= n;
+                count_raw(s, n);
                 if (s->chunk_left > 0)
                     break;
             }

@@ -55,6 +55,8 @@ static const drow rows[] = {
     { "CRLF dot CR at the end of input is pending", IN("a\r\n.\r"), .rc = MX_AGAIN,
       OUT("a\r\n") },
     { "CR at the end of input is pending", IN("a\r"), .rc = MX_AGAIN, OUT("a") },
+    { "finish after CRLF dot CR flushes a dot line and a bare CR", IN("a\r\n.\r"),
+      .finish = 1, .rc = MX_AGAIN, OUT("a\r\n.\r\n"), .flags = MX_DATA_BARE_CR },
     { "empty lines are content", IN("\r\n\r\n.\r\n"), DONE(7), OUT("\r\n\r\n") },
     { "dot inside a line is content", IN("a.b\r\nc.\r\n.\r\n"), DONE(12), OUT("a.b\r\nc.\r\n") },
     { "space dot CRLF is content", IN("a\r\n .\r\n.\r\n"), DONE(10), OUT("a\r\n .\r\n") },
