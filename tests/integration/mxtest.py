@@ -29,7 +29,6 @@ delivered file. Postfix's smtpd prepends exactly one "Received:" header
 prepends exactly one "Received:" header too.
 """
 
-import errno
 import json
 import os
 import re
@@ -115,7 +114,7 @@ def wait_port(port, timeout=15, host=HOST, proc=None):
 
 # ---------------------------------------------------------------- skipping
 
-def require_root(tc=None):
+def require_root():
     if os.geteuid() != 0:
         raise unittest.SkipTest("needs root (private Postfix/Exim instances)")
 
@@ -367,7 +366,6 @@ class PostfixInstance:
 
     def __init__(self, tmpdir, port=None, recipients=RECIPIENTS, main_cf=None):
         require_postfix()
-        self.base = os.path.join(tmpdir, "postfix-%d" % (port or 0))
         self.port = port or free_port()
         self.base = os.path.join(tmpdir, "postfix-%d" % self.port)
         self.conf = os.path.join(self.base, "conf")
@@ -863,6 +861,7 @@ class Mxgate:
             "backend.connect_timeout": "3",
             "backend.command_timeout": "10",
             "backend.forward": "xclient",
+            "smtp.drain_timeout": "10",
             "admin.listen": "%s:%d" % (HOST, self.admin_port),
             "log.level": "debug",
         }
@@ -1331,7 +1330,6 @@ class FakeBackend:
                 c.proxy = line() + b"\r\n"
             if self._do(c, "greeting") is None:
                 pass
-            in_mail = False
             while not self._stop.is_set():
                 l = line()
                 c.lines.append(l)
@@ -1343,8 +1341,7 @@ class FakeBackend:
                 elif verb in ("XCLIENT", "XFORWARD"):
                     self._do(c, verb.lower())
                 elif verb == "MAIL":
-                    r = self._do(c, "mail")
-                    in_mail = bool(r and r.startswith("2"))
+                    self._do(c, "mail")
                     c.rcpts = []
                     c.mail_from = l
                 elif verb == "RCPT":
@@ -1364,7 +1361,6 @@ class FakeBackend:
                     body = re.sub(rb"(^|\r\n)\.", rb"\1", raw)
                     c.messages.append(body)
                     self._do(c, "eod", lambda: self._accept_msg(c, body))
-                    in_mail = False
                 elif verb == "BDAT":
                     parts = l.split()
                     size = int(parts[1])
@@ -1518,3 +1514,39 @@ def main():
     if r.testsRun and len(r.skipped) == r.testsRun:
         sys.exit(77)
     sys.exit(0)
+
+
+# ---------------------------------------------------------------- by hand
+
+def _cli(argv):
+    """Run one peer in the foreground for manual work or benchmarks:
+    python3 mxtest.py postfix|exim|fake [--port N] [--dir D]"""
+    import argparse
+    ap = argparse.ArgumentParser(prog="mxtest.py", description=_cli.__doc__)
+    ap.add_argument("peer", choices=("postfix", "exim", "fake"))
+    ap.add_argument("--port", type=int, default=None)
+    ap.add_argument("--dir", default=None, help="work directory (default: a new temp dir)")
+    a = ap.parse_args(argv)
+    d = a.dir or tempfile.mkdtemp(prefix="mxtest-")
+    os.makedirs(d, exist_ok=True)
+    os.chmod(d, 0o755)
+    peer = {"postfix": lambda: PostfixInstance(d, port=a.port),
+            "exim": lambda: EximInstance(d, port=a.port),
+            "fake": lambda: FakeBackend(port=a.port)}[a.peer]()
+    peer.start()
+    print("%s listening on %s:%d (dir %s); Ctrl-C stops it"
+          % (a.peer, HOST, peer.port, getattr(peer, "base", d)), flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        peer.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_cli(sys.argv[1:]))

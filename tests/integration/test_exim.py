@@ -12,7 +12,6 @@ import re
 import subprocess
 import sys
 import time
-import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mxtest as mt  # noqa: E402
@@ -28,18 +27,17 @@ class EximCase(mt.IntegrationCase):
         self.ex = self.exim()
         self.gw = self.mxgate([self.ex], forward="proxy")
 
-    def test_harness_exim_requires_proxy_header_from_loopback(self):
-        # The backend really depends on the PROXY header: a plain session
-        # from 127.0.0.1 gets no service, so a passing test below proves
-        # mxgate sent one.
+    def test_harness_exim_takes_client_address_from_proxy_header(self):
+        # The backend itself, without mxgate: a PROXY v1 header from
+        # 127.0.0.1 sets the client address Exim uses (hosts_proxy).
         with mt.SmtpClient(self.ex.port, timeout=10) as c:
-            c.send(b"EHLO plain.example\r\n")
-            with self.assertRaises((EOFError, mt.SmtpError, ConnectionError, OSError)):
-                r = c.reply()
-                r = c.reply()
+            c.send(b"PROXY TCP4 127.0.0.77 127.0.0.1 40000 25\r\n")
+            self.assertEqual(c.reply().code, 220)
+            r = c.ehlo("direct.example")
+            self.assertIn("[127.0.0.77]", r.lines[0])
 
     def test_message_arrives_byte_exact_and_exim_sees_client_address(self):
-        body = (b"line one\r\n\r\n.leading dot\r\n..two dots\r\n" + b"Z" * 1200 + b"\r\nend\r\n")
+        body = (b"line one\r\n\r\n.leading dot\r\n..two dots\r\n" + b"Z" * 998 + b"\r\nend\r\n")
         msg = mt.make_message(subject="exim exact", body=body)
         with self.gw.client(source="127.0.0.5") as c:
             c.ehlo("client.example.net")

@@ -12,7 +12,6 @@ import os
 import socket
 import sys
 import time
-import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mxtest as mt  # noqa: E402
@@ -41,7 +40,9 @@ def run_until_failure(c, msg, rcpts=("alice@example.test",)):
         r = c.reply()
         return (None if r.code == 250 else r), r
     except (EOFError, ConnectionError) as e:
-        return "closed: %s" % e, None
+        return "connection closed without a reply: %s" % e, None
+    except socket.timeout:
+        return "no reply within %ss" % c.sock.gettimeout(), None
 
 
 class TestFakeBackendStages(mt.IntegrationCase):
@@ -52,8 +53,9 @@ class TestFakeBackendStages(mt.IntegrationCase):
 
     def check(self, stage, reply, want_cls, exact=False):
         fake = self.fake({stage: reply})
-        gw = self.mxgate([fake], conf={"backend.command_timeout": str(COMMAND_TIMEOUT)})
-        with gw.client() as c:
+        gw = self.mxgate([fake], conf={"backend.command_timeout": str(COMMAND_TIMEOUT),
+                                       "backend.dot_timeout": str(COMMAND_TIMEOUT)})
+        with gw.client(timeout=COMMAND_TIMEOUT + 10) as c:
             fail, final = run_until_failure(c, mt.make_message(subject=stage))
         self.assertIsInstance(fail, mt.Reply, "stage %s %r: client saw %r" % (stage, reply, fail))
         self.assertEqual(fail.cls, want_cls, "stage %s %r: client got %r" % (stage, reply, fail))
@@ -70,7 +72,10 @@ class TestFakeBackendStages(mt.IntegrationCase):
                            exact=stage in ("mail", "rcpt"))
 
     def test_backend_5xx_at_each_stage_gives_client_5xx(self):
-        for stage in self.STAGES:
+        # A backend refusing service in its greeting or EHLO is a backend
+        # failure, not a verdict on the message: the client gets a 4xx and
+        # retries (covered below), never a bounce.
+        for stage in ("mail", "rcpt", "data", "eod"):
             with self.subTest(stage=stage):
                 code = "554 5.3.0" if stage in ("greeting", "ehlo", "eod", "data") else "550 5.7.1"
                 self.check(stage, "%s fake %s refusal" % (code, stage), 5,
@@ -88,6 +93,11 @@ class TestFakeBackendStages(mt.IntegrationCase):
                 self.check(stage, mt.Hang(), 4)
                 self.assertLess(time.monotonic() - t0, COMMAND_TIMEOUT + 8,
                                 "stage %s: 4xx took too long" % stage)
+
+    def test_backend_refusing_service_gives_client_4xx_not_5xx(self):
+        for stage in ("greeting", "ehlo"):
+            with self.subTest(stage=stage):
+                self.check(stage, "554 5.3.0 fake %s refusal" % stage, 4)
 
     def test_backend_closes_after_rcpt_gives_client_4xx(self):
         self.check("data", mt.Close(), 4)

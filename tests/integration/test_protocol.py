@@ -8,10 +8,8 @@ Also: --check, /health, SIGTERM drain and SIGHUP reload.
 
 import os
 import signal
-import socket
 import sys
 import time
-import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mxtest as mt  # noqa: E402
