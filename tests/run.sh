@@ -32,8 +32,22 @@ run_suite() {
     cmake --build "$dir" -j"$jobs" >"$dir.build.log" 2>&1 ||
         { tail -n 60 "$dir.build.log"; return 1; }
     echo "=== $name: ctest"
-    ctest --test-dir "$dir" --output-on-failure --timeout 600 -j2 $CTEST_ARGS
+    ctest --test-dir "$dir" --output-on-failure --timeout 600 -j2 $CTEST_ARGS \
+        >"$dir.ctest.log" 2>&1
+    rc=$?
+    cat "$dir.ctest.log"
+    # "NN% tests passed, F tests failed out of T"
+    summary=$(grep -E 'tests passed, [0-9]+ tests? failed out of' "$dir.ctest.log" | tail -n 1)
+    if [ -n "$summary" ]; then
+        f=$(echo "$summary" | sed -E 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\1/')
+        t=$(echo "$summary" | sed -E 's/.* failed out of ([0-9]+).*/\1/')
+        total_failed=$((total_failed + f))
+        total_passed=$((total_passed + t - f))
+    fi
+    return $rc
 }
+total_passed=0
+total_failed=0
 
 CTEST_ARGS=""
 run_suite release -DCMAKE_BUILD_TYPE=RelWithDebInfo || status=1
@@ -47,9 +61,8 @@ export CC=clang
 run_suite fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMX_FUZZ=ON \
     -DMX_FUZZ_SECONDS="$fuzz_seconds" || status=1
 
-if [ $status -ne 0 ]; then
-    echo "mxgate test suite: FAILED"
-else
-    echo "mxgate test suite: all passed"
+echo "mxgate test suite (release, sanitize, fuzz): $total_passed passed, $total_failed failed"
+if [ $status -ne 0 ] && [ $total_failed -eq 0 ]; then
+    echo "mxgate test suite: FAILED (a build or configure step failed)"
 fi
 exit $status
