@@ -345,7 +345,9 @@ static void wait_backend(mx_session *s, mx_cmd_verb v)
     s->pending = v;
     s->phase = MX_PHASE_BACKEND;
     set_timer(s, 0); /* the relay times the backend */
-    flush_out(s);    /* earlier pipelined replies go out now */
+    /* No flush here: a failed write would close the session under the
+     * caller's feet. process() and relay_done() flush on their way out, so
+     * earlier pipelined replies still leave before we wait. */
 }
 
 static mx_reply_id failure_reply(mx_relay_status st)

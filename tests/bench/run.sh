@@ -1,0 +1,429 @@
+#!/usr/bin/env bash
+# tests/bench/run.sh: throughput, latency and memory benchmark of mxgate.
+#
+# One command, about two minutes, traffic only on 127.0.0.1:
+#
+#   tests/bench/run.sh
+#
+# It starts one smtp-sink and one mxgate relaying to it (backend.forward=
+# xclient), drives the same load straight into the sink ("direct") and
+# through mxgate ("via"), and prints a table; then it holds idle sessions
+# open against a fresh mxgate to measure the memory one costs. See
+# tests/bench/README.md for what each number means.
+#
+# This is a measurement, not a test: it exits 0 whether or not the targets
+# are met, and non-zero only when the benchmark itself could not run.
+#
+# Settings (environment):
+#   MXGATE=path      daemon binary (default: build/proxy/mxgate; built if absent)
+#   MXLOAD=path      load generator (default: compiled from mxload.c into the work dir)
+#   DURATION=1.5     measured seconds per run
+#   WARMUP=0.5       seconds per run before measuring starts
+#   REPEAT=5         runs per scenario and path; the table shows medians
+#   SIZES="2048 102400"   message sizes in bytes (header + body)
+#   CONCS="1 20"     concurrent sessions
+#   MULTI=10         also run 2 KB with MULTI messages per session (0: skip)
+#   WORKERS=0        mxgate smtp.workers (0: one per core)
+#   IDLE_SESSIONS=1000
+#   KEEP=1           keep the work directory (logs, raw results)
+#   RAW=path         also copy the raw per-run results there
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+
+DURATION=${DURATION:-1.5}
+WARMUP=${WARMUP:-0.5}
+REPEAT=${REPEAT:-5}
+SIZES=${SIZES:-"2048 102400"}
+CONCS=${CONCS:-"1 20"}
+MULTI=${MULTI:-10}
+WORKERS=${WORKERS:-0}
+IDLE_SESSIONS=${IDLE_SESSIONS:-1000}
+KEEP=${KEEP:-0}
+
+# Targets, printed next to the numbers.
+TARGET_RATIO=0.50      # c=20, 2 KB: via msgs/s >= 50 % of direct
+TARGET_ADDED_P50=1.0   # c=1: added p50 latency <= 1 ms
+TARGET_IDLE_KIB=16     # <= 16 KiB per idle session
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "run.sh: $*"; exit 1; }
+
+for tool in smtp-sink smtp-source ss awk; do
+    command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] ||
+        die "$tool not found (smtp-sink/smtp-source come with the postfix package)"
+done
+export PATH="$PATH:/usr/sbin"
+
+# ---- processes we start, and their cleanup ----
+
+WORK=$(mktemp -d /tmp/mxbench.XXXXXX)
+PIDS=()
+
+forget_pid() { # drop a reaped child from PIDS: its number may be reused
+    local p keep=()
+    for p in "${PIDS[@]}"; do
+        [ "$p" = "$1" ] || keep+=("$p")
+    done
+    PIDS=("${keep[@]}")
+}
+
+stop_pid() { # stop_pid PID: TERM, wait up to 5 s, then KILL
+    local pid=$1
+    forget_pid "$pid"
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "run.sh: pid $pid did not stop on SIGTERM; killing it"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
+        stop_pid "$pid"
+    done
+    if [ "$KEEP" = 1 ]; then
+        log "work directory kept: $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---- binaries ----
+
+MXGATE_SRC=${MXGATE:-$ROOT/build/proxy/mxgate}
+if [ ! -x "$MXGATE_SRC" ]; then
+    [ -z "${MXGATE:-}" ] || die "MXGATE=$MXGATE is not executable"
+    log "building mxgate in $ROOT/build ..."
+    if ! { cmake -S "$ROOT" -B "$ROOT/build" -DMX_WERROR=ON >"$WORK/cmake.log" 2>&1 &&
+        cmake --build "$ROOT/build" -j2 --target mxgate >>"$WORK/cmake.log" 2>&1; }; then
+        tail -20 "$WORK/cmake.log" >&2
+        die "mxgate build failed"
+    fi
+fi
+# A private copy: a rebuild during the run cannot swap the binary under us.
+cp "$MXGATE_SRC" "$WORK/mxgate"
+MXGATE_BIN=$WORK/mxgate
+
+if [ -n "${MXLOAD:-}" ]; then
+    MXLOAD_BIN=$MXLOAD
+else
+    MXLOAD_BIN=$WORK/mxload
+    ${CC:-cc} -std=c11 -O2 -Wall -Wextra -o "$MXLOAD_BIN" "$HERE/mxload.c" ||
+        die "cannot compile mxload.c"
+fi
+
+# Every idle session is one descriptor in mxload and one in mxgate.
+need_fds=$((IDLE_SESSIONS + 512))
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$need_fds" ]; then
+    ulimit -n "$need_fds" 2>/dev/null || ulimit -n "$(ulimit -Hn)" ||
+        die "cannot raise ulimit -n to $need_fds"
+fi
+
+# ---- helpers ----
+
+pick_port() { # a free port below the ephemeral range
+    local p
+    for _ in $(seq 200); do
+        p=$((20000 + RANDOM % 12000))
+        if [ -z "$(ss -Htan "( sport = :$p or dport = :$p )" 2>/dev/null)" ] &&
+            ! grep -qx "$p" "$WORK/ports" 2>/dev/null; then
+            echo "$p" >>"$WORK/ports"
+            echo "$p"
+            return 0
+        fi
+    done
+    die "no free port found"
+}
+
+wait_listen() { # wait_listen PORT PID NAME
+    for _ in $(seq 100); do
+        [ -n "$(ss -Htln "( sport = :$1 )" 2>/dev/null)" ] && return 0
+        kill -0 "$2" 2>/dev/null || die "$3 exited at start (see $WORK/$3.log)"
+        sleep 0.05
+    done
+    die "$3 does not listen on port $1"
+}
+
+kv() { # kv KEY LINE: the value of KEY=... in a result line
+    local k=$1 line=$2
+    line=" $line"
+    case "$line" in
+        *" $k="*) line=${line#*" $k="}; echo "${line%% *}" ;;
+        *) echo "" ;;
+    esac
+}
+
+status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+CLK_TCK=$(getconf CLK_TCK)
+
+start_mxgate() { # start_mxgate NAME PORT: sets MX_PID
+    "$MXGATE_BIN" -o "smtp.listen=127.0.0.1:$2" -o "backend.servers=127.0.0.1:$SINK_PORT" \
+        -o backend.forward=xclient -o admin.listen= -o log.level=warning \
+        -o "smtp.workers=$WORKERS" -o smtp.drain_timeout=2 >"$WORK/$1.log" 2>&1 &
+    MX_PID=$!
+    PIDS+=("$MX_PID")
+    wait_listen "$2" "$MX_PID" "$1"
+}
+
+# ---- start the sink ----
+
+SINK_PORT=$(pick_port)
+sink_user=()
+[ "$(id -u)" = 0 ] && sink_user=(-u nobody)
+# -m: simultaneous connections it serves (direct + via sessions at once)
+smtp-sink "${sink_user[@]}" -m 1000 "127.0.0.1:$SINK_PORT" 1024 >"$WORK/smtp-sink.log" 2>&1 &
+SINK_PID=$!
+PIDS+=("$SINK_PID")
+wait_listen "$SINK_PORT" "$SINK_PID" smtp-sink
+
+loadavg() { awk '{ print $1, $2, $3 }' /proc/loadavg; }
+LOAD_START=$(loadavg)
+T0=$(date +%s)
+mxgate_version=$("$MXGATE_BIN" --version 2>/dev/null || echo "mxgate ?")
+git_rev=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "?")
+nworkers=$WORKERS
+[ "$nworkers" = 0 ] && nworkers="$(nproc) (one per core)"
+
+# ---- idle sessions: memory per session, on a fresh mxgate ----
+
+IDLE_PORT=$(pick_port)
+start_mxgate mxgate-idle "$IDLE_PORT"
+IDLE_PID=$MX_PID
+# Warm up: the first sessions on each worker thread create its malloc
+# arena and touch the code; that is a one-off, not a per-session cost.
+"$MXLOAD_BIN" -I 50 -h 0 "127.0.0.1:$IDLE_PORT" >"$WORK/idle-warmup.out" 2>&1 || true
+sleep 0.3
+idle_rss_before=$(status_kib "$IDLE_PID" VmRSS)
+"$MXLOAD_BIN" -I "$IDLE_SESSIONS" -h 60 "127.0.0.1:$IDLE_PORT" >"$WORK/idle.out" 2>"$WORK/idle.err" &
+IDLE_LOAD_PID=$!
+PIDS+=("$IDLE_LOAD_PID")
+for _ in $(seq 300); do
+    grep -q 'state=ready' "$WORK/idle.out" 2>/dev/null && break
+    kill -0 "$IDLE_LOAD_PID" 2>/dev/null || break
+    sleep 0.1
+done
+idle_ready=$(grep 'state=ready' "$WORK/idle.out" || true)
+[ -n "$idle_ready" ] || { cat "$WORK/idle.err" >&2; die "idle sessions did not open"; }
+sleep 0.5 # let both workers finish with the last EHLOs
+idle_open=$(kv open "$idle_ready")
+idle_rss_after=$(status_kib "$IDLE_PID" VmRSS)
+idle_fds=$(find "/proc/$IDLE_PID/fd" -mindepth 1 -maxdepth 1 | wc -l)
+kill -USR1 "$IDLE_LOAD_PID"
+wait "$IDLE_LOAD_PID" || true
+forget_pid "$IDLE_LOAD_PID"
+idle_done=$(grep 'state=done' "$WORK/idle.out" || true)
+sleep 0.3
+idle_rss_closed=$(status_kib "$IDLE_PID" VmRSS)
+stop_pid "$IDLE_PID"
+e1=$(kv errors "$idle_ready") e2=$(kv errors "$idle_done")
+idle_errors=$(( ${e1:-0} + ${e2:-0} ))
+[ -n "$idle_done" ] || idle_errors="$idle_errors (mxload did not finish the QUITs)"
+idle_kib=$(awk -v a="$idle_rss_after" -v b="$idle_rss_before" -v n="$idle_open" \
+    'BEGIN { if (n > 0) printf "%.2f", (a - b) / n; else print "n/a" }')
+
+# ---- load: direct and via mxgate ----
+
+MX_PORT=$(pick_port)
+start_mxgate mxgate "$MX_PORT"
+LOAD_PID=$MX_PID
+
+# Check the setup end to end before measuring anything.
+for port in "$SINK_PORT" "$MX_PORT"; do
+    out=$("$MXLOAD_BIN" -c 4 -n 200 -w 0 -t 10 "127.0.0.1:$port" 2>&1) ||
+        { log "$out"; tail -5 "$WORK/mxgate.log" >&2; die "sanity run against port $port failed"; }
+done
+
+RUNS=$WORK/runs.txt
+: >"$RUNS"
+
+# Ticks the whole machine was busy, and all ticks, from /proc/stat.
+machine_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
+
+run_one() { # run_one ID REP MODE PORT CONC SIZE PER
+    local id=$1 rep=$2 mode=$3 port=$4 conc=$5 size=$6 per=$7
+    local line m0 m1 s0 s1 busy0 all0 busy1 all1 cpu=- rss=- hwm=- bg
+    echo 5 >"/proc/$LOAD_PID/clear_refs" 2>/dev/null || true # reset VmHWM
+    m0=$(cpu_ticks "$LOAD_PID")
+    s0=$(cpu_ticks "$SINK_PID")
+    read -r busy0 all0 < <(machine_ticks)
+    line=$("$MXLOAD_BIN" -c "$conc" -s "$size" -m "$per" -t "$DURATION" -w "$WARMUP" \
+        "127.0.0.1:$port" 2>>"$WORK/mxload.err") || true
+    read -r busy1 all1 < <(machine_ticks)
+    m1=$(cpu_ticks "$LOAD_PID")
+    s1=$(cpu_ticks "$SINK_PID")
+    [ -n "$line" ] || die "mxload printed nothing (see $WORK/mxload.err)"
+    # Background: CPU that neither the sink, mxgate nor mxload used, as a
+    # share of the machine. Other work on the box makes the numbers noisy.
+    bg=$(awk -v b=$((busy1 - busy0)) -v a=$((all1 - all0)) -v ours=$((m1 - m0 + s1 - s0)) \
+        -v l="$(kv cpu_s "$line")" -v hz="$CLK_TCK" \
+        'BEGIN { x = a > 0 ? (b - ours - l * hz) / a * 100 : 0; printf "%.0f", (x < 0 ? 0 : x) }')
+    if [ "$mode" = via ]; then
+        cpu=$(awk -v t=$((m1 - m0)) -v hz="$CLK_TCK" -v n="$(kv total_msgs "$line")" \
+            'BEGIN { printf "%.0f", (n > 0 ? t / hz * 1e6 / n : 0) }')
+        rss=$(status_kib "$LOAD_PID" VmRSS)
+        hwm=$(status_kib "$LOAD_PID" VmHWM)
+    fi
+    echo "id=$id rep=$rep path=$mode cpu_us=$cpu rss_kib=$rss hwm_kib=$hwm bg_pct=$bg $line" >>"$RUNS"
+}
+
+SCEN=() # "id conc size per"
+for size in $SIZES; do
+    for conc in $CONCS; do
+        SCEN+=("s${size}c${conc}m1 $conc $size 1")
+    done
+done
+if [ "$MULTI" -gt 1 ]; then
+    for conc in $CONCS; do
+        SCEN+=("s2048c${conc}m$MULTI $conc 2048 $MULTI")
+    done
+fi
+
+nruns=$(( ${#SCEN[@]} * REPEAT * 2 ))
+log "mxgate benchmark: ${#SCEN[@]} scenarios x $REPEAT repeats x (direct, via), ${DURATION}s + ${WARMUP}s warm-up each ($nruns runs)"
+k=0
+for sc in "${SCEN[@]}"; do
+    read -r id conc size per <<<"$sc"
+    for rep in $(seq "$REPEAT"); do
+        run_one "$id" "$rep" direct "$SINK_PORT" "$conc" "$size" "$per"
+        run_one "$id" "$rep" via "$MX_PORT" "$conc" "$size" "$per"
+        k=$((k + 2))
+        printf '\r  %d/%d runs' "$k" "$nruns" >&2
+    done
+done
+printf '\n' >&2
+
+# ---- cross-check with smtp-source: c=20, 2 KB, one message per session ----
+
+# smtp-source -l counts the body only; its headers (From, To, Date,
+# Message-Id) add about 150 bytes.
+direct_rate=$(awk '/^id=s2048c20m1 rep=[0-9]+ path=direct / { for (i = 1; i <= NF; i++)
+    if ($i ~ /^msgs_per_s=/) { sub(/.*=/, "", $i); print $i; exit } }' "$RUNS")
+src_n=$(awk -v r="${direct_rate:-2000}" -v d="$DURATION" \
+    'BEGIN { n = int(r * d * 1.5); if (n < 2000) n = 2000; if (n > 50000) n = 50000; print n }')
+src_run() { # src_run PORT: prints msgs/s, or "failed"
+    local t0 t1
+    t0=$(date +%s%N)
+    if smtp-source -s 20 -m "$src_n" -l 1900 -f bench-sender@example.com \
+        -t bench-rcpt@example.net "127.0.0.1:$1" >>"$WORK/smtp-source.log" 2>&1; then
+        t1=$(date +%s%N)
+        awk -v n="$src_n" -v ns=$((t1 - t0)) 'BEGIN { printf "%.1f", n / (ns / 1e9) }'
+    else
+        echo failed
+    fi
+}
+src_direct=$(src_run "$SINK_PORT")
+src_via=$(src_run "$MX_PORT")
+
+LOAD_END=$(loadavg)
+T1=$(date +%s)
+mx_warnings=$(grep -cE 'level=(warning|error)' "$WORK/mxgate.log" || true)
+mx_alive=yes
+kill -0 "$LOAD_PID" 2>/dev/null || mx_alive="NO (it exited; see its log)"
+
+# ---- report ----
+
+[ -z "${RAW:-}" ] || cp "$RUNS" "$RAW"
+
+echo
+echo "mxgate benchmark  $(date -u +%Y-%m-%dT%H:%M:%SZ)  $mxgate_version (tree $git_rev)"
+echo "machine: $(nproc) CPUs, $(uname -sr); mxgate workers: $nworkers; load average at start: $LOAD_START"
+echo "each run: ${WARMUP}s warm-up + ${DURATION}s measured; $REPEAT runs per path, medians shown; direct and via runs alternate; via/direct = median of the paired runs' ratios"
+echo "load: mxload, classic SMTP without pipelining, TCP_NODELAY; 'per sess' = messages per SMTP session"
+echo "latency: connect (or MAIL, for later messages of a session) -> 250 after the final dot"
+echo
+
+awk -v tr="$TARGET_RATIO" -v tp="$TARGET_ADDED_P50" '
+function med(key,   n, i, j, t, a) {
+    n = cnt[key]
+    if (n == 0) return ""
+    for (i = 1; i <= n; i++) a[i] = val[key, i]
+    for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+function put(key, v) { cnt[key]++; val[key, cnt[key]] = v }
+{
+    delete f
+    for (i = 1; i <= NF; i++) { k = $i; sub(/=.*/, "", k); v = $i; sub(/^[^=]*=/, "", v); f[k] = v }
+    id = f["id"]; m = f["path"]
+    if (!(id in seen)) { seen[id] = 1; order[++nid] = id; conc[id] = f["conc"]; size[id] = f["size"]; per[id] = f["per_session"] }
+    put(id SUBSEP m SUBSEP "rate", f["msgs_per_s"])
+    rate[id, f["rep"], m] = f["msgs_per_s"]
+    if (m == "via" && rate[id, f["rep"], "direct"] > 0)
+        put(id SUBSEP "ratio", f["msgs_per_s"] / rate[id, f["rep"], "direct"])
+    put(id SUBSEP m SUBSEP "p50", f["p50_ms"])
+    put(id SUBSEP m SUBSEP "p99", f["p99_ms"])
+    err[id, m] += f["errors"]
+    slow[id, m] += f["over_40ms"]
+    if (m == "via") {
+        put(id SUBSEP "cpu", f["cpu_us"]); rss[id] = f["rss_kib"]
+        if (f["hwm_kib"] + 0 > hwm[id] + 0) hwm[id] = f["hwm_kib"]
+    }
+    put(id SUBSEP "bg", f["bg_pct"])
+}
+END {
+    hdr = sprintf("%-20s %8s %8s %6s | %7s %7s %7s | %7s %7s | %7s %8s | %6s %11s | %4s", \
+        "scenario", "direct", "via", "via/", "p50 dir", "p50 via", "added", "p99 dir", "p99 via", \
+        "errors", "msgs", "mxgate", "mxgate KiB", "bg")
+    print hdr
+    printf "%-20s %8s %8s %6s | %7s %7s %7s | %7s %7s | %7s %8s | %6s %11s | %4s\n", \
+        "size conc per-sess", "msgs/s", "msgs/s", "direct", "ms", "ms", "p50 ms", "ms", "ms", \
+        "dir/via", ">=40ms", "us/msg", "RSS/HWM", "CPU%"
+    gsub(/./, "-", hdr); print hdr
+    for (i = 1; i <= nid; i++) {
+        id = order[i]
+        rd = med(id SUBSEP "direct" SUBSEP "rate"); rv = med(id SUBSEP "via" SUBSEP "rate")
+        pd = med(id SUBSEP "direct" SUBSEP "p50"); pv = med(id SUBSEP "via" SUBSEP "p50")
+        qd = med(id SUBSEP "direct" SUBSEP "p99"); qv = med(id SUBSEP "via" SUBSEP "p99")
+        ratio = med(id SUBSEP "ratio") + 0 # median of the per-repeat via/direct pairs
+        sz = size[id] >= 1024 ? sprintf("%dKB", size[id] / 1024 + 0.5) : size[id] "B"
+        name = sprintf("%-5s c=%-3d %s", sz, conc[id], per[id])
+        printf "%-20s %8.0f %8.0f %6.2f | %7.3f %7.3f %7.3f | %7.2f %7.2f | %3d/%-3d %3d/%-4d | %6s %5s/%-5s | %4s\n", \
+            name, rd, rv, ratio, pd, pv, pv - pd, qd, qv, err[id, "direct"], err[id, "via"], \
+            slow[id, "direct"], slow[id, "via"], med(id SUBSEP "cpu"), rss[id], hwm[id], med(id SUBSEP "bg")
+        if (med(id SUBSEP "bg") + 0 > 5) noisy = noisy " " sz "/c=" conc[id] "/" per[id]
+        if (size[id] == 2048 && conc[id] == 20 && per[id] == 1) t_ratio = ratio
+        if (conc[id] == 1 && per[id] == 1) { t_added[++nadd] = sprintf("%s %.3f", sz, pv - pd); t_ok[nadd] = ((pv - pd) <= tp) }
+    }
+    if (noisy != "")
+        print "note: other processes used more than 5% of the CPUs during" noisy "; those rows are disturbed (direct suffers most); rerun on a quiet machine"
+    print ""
+    print "targets:"
+    if (t_ratio != "")
+        printf "  c=20, 2KB, 1 msg/session: via/direct = %.2f  (target >= %.2f)  %s\n", t_ratio, tr, (t_ratio >= tr ? "met" : "NOT MET")
+    for (i = 1; i <= nadd; i++) {
+        split(t_added[i], p, " ")
+        printf "  c=1, %s, 1 msg/session: added p50 = %.3f ms  (target <= %.1f ms)  %s\n", p[1], p[2], tp, (t_ok[i] ? "met" : "NOT MET")
+    }
+}' "$RUNS"
+
+awk -v k="$idle_kib" -v t="$TARGET_IDLE_KIB" -v n="$idle_open" \
+    'BEGIN { printf "  idle sessions: %s KiB per session over %s sessions  (target <= %d KiB)  %s\n", k, n, t, ((k != "n/a" && k + 0 <= t) ? "met" : "NOT MET") }'
+
+echo
+echo "idle sessions (fresh mxgate, after a 50-session warm-up): requested $IDLE_SESSIONS, open $idle_open," \
+    "errors $idle_errors; mxgate VmRSS $idle_rss_before KiB before, $idle_rss_after KiB with them open" \
+    "($idle_fds descriptors), $idle_rss_closed KiB after QUIT"
+src_ratio=$(awk -v a="$src_via" -v b="$src_direct" 'BEGIN { if (b + 0 > 0 && a + 0 > 0) printf "%.2f", a / b; else print "n/a" }')
+echo "smtp-source cross-check (c=20, ~2 KB, 1 msg/session, $src_n messages): direct $src_direct msgs/s," \
+    "via $src_via msgs/s, via/direct $src_ratio"
+echo "mxgate: still running after the load: $mx_alive; warning/error log lines: $mx_warnings"
+if [ "${mx_warnings:-0}" -gt 0 ]; then
+    grep -E 'level=(warning|error)' "$WORK/mxgate.log" | sort | uniq -c | sort -rn | head -5 | cut -c1-300
+fi
+{ grep -h "first_error" "$RUNS" || true; } | sed 's/.*\(id=[^ ]*\) \(rep=[^ ]*\) \(path=[^ ]*\).*\(first_error=.*\)/  \1 \2 \3 \4/' | head -5
+echo "load average at end: $LOAD_END; wall time $((T1 - T0)) s"
