@@ -85,6 +85,11 @@ static const option options[] = {
     {"backend", "health_interval", OPT_INT, O(health_interval), "5", 1, 3600, NULL,
      "seconds between backend reachability probes behind /health"},
 
+    {"backend", "pool_size", OPT_INT, O(backend_pool_size), "32", 0, 10000, NULL,
+     "idle backend connections each worker keeps for reuse (re-identified by XCLIENT); 0 = off"},
+    {"backend", "pool_idle_timeout", OPT_INT, O(backend_pool_idle), "30", 1, 3600, NULL,
+     "seconds an idle pooled backend connection is kept; keep below the backend's own timeout"},
+
     {"admin", "listen", OPT_STR, O(admin_listen), "127.0.0.1:8025", 0, 0, NULL,
      "ADDR:PORT of the HTTP endpoint for /health; empty = off"},
 

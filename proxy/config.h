@@ -62,6 +62,8 @@ typedef struct mx_config {
     int backend_data_timeout;
     int dot_timeout;
     int health_interval;
+    int backend_pool_size;
+    int backend_pool_idle;
 
     /* [admin] */
     char *admin_listen;

@@ -104,6 +104,15 @@ struct mx_relay {
     mx_data_enc enc;
 
     char err[256];
+
+    /* pooling; see mx_relay_pool in relay.h */
+    mx_relay_pool *pool;
+    GList link;       /* in pool->idle while parked */
+    int parked;
+    int reused;       /* adopted from the pool by the current owner */
+    int got_reply;    /* a reply arrived since adoption */
+    int needs_ident;  /* send XCLIENT for the new owner's client first */
+    int txn_open;     /* the backend holds a MAIL transaction */
 };
 
 static void on_read(struct ev_loop *loop, ev_io *w, int revents);
@@ -112,8 +121,8 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents);
 static void start_connect(mx_relay *r);
 static void flush_out(mx_relay *r);
 
-mx_relay *mx_relay_new(struct ev_loop *loop, mx_config *cfg, const char *sid, mx_relay_cb cb,
-                       void *owner)
+static mx_relay *relay_new(struct ev_loop *loop, mx_config *cfg, const char *sid, mx_relay_cb cb,
+                           void *owner)
 {
     mx_relay *r = g_new0(mx_relay, 1);
     r->loop = loop;
@@ -127,6 +136,7 @@ mx_relay *mx_relay_new(struct ev_loop *loop, mx_config *cfg, const char *sid, mx
     ev_init(&r->wio, on_write);
     ev_init(&r->timer, on_timer);
     r->rio.data = r->wio.data = r->timer.data = r;
+    r->link.data = r;
     return r;
 }
 
@@ -163,10 +173,19 @@ static void close_conn(mx_relay *r)
     g_clear_pointer(&r->xforward_attrs, g_free);
 }
 
+static void unpark(mx_relay *r)
+{
+    if (r->parked) {
+        g_queue_unlink(&r->pool->idle, &r->link);
+        r->parked = 0;
+    }
+}
+
 void mx_relay_free(mx_relay *r)
 {
     if (!r)
         return;
+    unpark(r);
     if (r->fd >= 0 && r->st == ST_READY && mx_buf_used(&r->out) == 0) {
         /* Polite close; a short or failed write is fine, we are leaving. */
         ssize_t w = write(r->fd, "QUIT\r\n", 6);
@@ -211,6 +230,12 @@ static void set_timer(mx_relay *r, int seconds)
  * may free us from inside the callback. */
 static void finish(mx_relay *r, mx_relay_status st, const mx_reply *rep)
 {
+    if (st != MX_RELAY_REPLY)
+        r->txn_open = 0; /* the connection is gone with it */
+    else if (r->op == OP_MAIL)
+        r->txn_open = rep->code / 100 == 2;
+    else if (r->op == OP_RSET || r->op == OP_DATA)
+        r->txn_open = 0;
     r->op = OP_NONE;
     g_clear_pointer(&r->line, g_free);
     if (r->st >= ST_READY && r->fd >= 0) {
@@ -234,6 +259,15 @@ static void G_GNUC_PRINTF(3, 4) fail(mx_relay *r, mx_relay_status st, const char
     snprintf(r->err, sizeof(r->err), "%s while %s (%s)", what, state_action[r->st],
              r->fd >= 0 || in_handshake(r) ? r->cfg->backends[r->server].text : "-");
     int handshake = in_handshake(r) && r->op == OP_MAIL;
+    if (r->reused && !r->got_reply && r->op == OP_MAIL) {
+        /* A pooled connection the backend closed while it sat idle: not a
+         * backend failure, just start afresh from the first server. */
+        r->reused = 0;
+        close_conn(r);
+        r->server = 0;
+        start_connect(r);
+        return;
+    }
     GString *l = mx_log_begin(MX_LOG_WARNING, "backend_error");
     mx_log_kv(l, "sid", r->sid);
     mx_log_kv(l, "backend", r->cfg->backends[r->server].text);
@@ -566,6 +600,8 @@ static int on_reply(mx_relay *r, const mx_reply *rep)
         mx_log_msg(MX_LOG_INFO, "backend_closed", "sid=%s backend said %d while idle", r->sid,
                    rep->code);
         close_conn(r);
+        if (r->parked)
+            mx_relay_free(r);
         return 1;
     default:
         return log_reply_error(r, "unexpected reply %d", rep->code);
@@ -594,6 +630,8 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
     if (n <= 0) {
         if (r->st == ST_READY && r->op == OP_NONE) {
             close_conn(r); /* idle backend went away; reconnect on demand */
+            if (r->parked)
+                mx_relay_free(r);
             return;
         }
         fail(r, MX_RELAY_LOST, n == 0 ? "connection closed" : "read: %s",
@@ -615,6 +653,7 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
         }
         /* A copy: the owner may free us (and the parser) in its callback. */
         mx_reply rep = r->rp.r;
+        r->got_reply = 1;
         if (on_reply(r, &rep))
             return; /* the operation ended: we may be closed or freed */
     }
@@ -738,6 +777,10 @@ static void on_write(struct ev_loop *loop, ev_io *w, int revents)
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
     mx_relay *r = w->data;
+    if (r->parked) { /* idle in the pool for pool_idle_timeout */
+        mx_relay_free(r);
+        return;
+    }
     if (r->deferred) {
         r->deferred = 0;
         if (r->deferred_close) {
@@ -798,6 +841,14 @@ static void begin(mx_relay *r, op_kind op, const char *line)
         start_connect(r);
         return;
     }
+    if (r->needs_ident) {
+        /* An adopted connection: tell the backend who the new client is;
+         * the reply path continues with EHLO and then this operation. */
+        r->needs_ident = 0;
+        set_timer(r, r->cfg->command_timeout);
+        send_xclient(r);
+        return;
+    }
     send_pending_op(r);
 }
 
@@ -815,4 +866,63 @@ void mx_relay_data(mx_relay *r, const char *hdr, size_t hdrlen, const mx_spool *
     r->bp = NULL;
     r->blen = 0;
     begin(r, OP_DATA, NULL);
+}
+
+void mx_relay_pool_init(mx_relay_pool *p, struct ev_loop *loop)
+{
+    p->loop = loop;
+    g_queue_init(&p->idle);
+}
+
+void mx_relay_pool_clear(mx_relay_pool *p)
+{
+    while (!g_queue_is_empty(&p->idle))
+        mx_relay_free(g_queue_peek_head(&p->idle));
+}
+
+mx_relay *mx_relay_acquire(mx_relay_pool *p, mx_config *cfg, const char *sid, mx_relay_cb cb,
+                           void *owner)
+{
+    while (!g_queue_is_empty(&p->idle)) {
+        mx_relay *r = g_queue_peek_tail(&p->idle);
+        unpark(r);
+        if (r->cfg != cfg || r->fd < 0 || r->st != ST_READY) {
+            mx_relay_free(r); /* made under an older config snapshot */
+            continue;
+        }
+        ev_timer_stop(r->loop, &r->timer);
+        g_free(r->sid);
+        r->sid = g_strdup(sid);
+        r->cb = cb;
+        r->owner = owner;
+        r->reused = 1;
+        r->got_reply = 0;
+        r->err[0] = '\0';
+        r->needs_ident = cfg->forward == MX_FORWARD_XCLIENT;
+        return r;
+    }
+    mx_relay *r = relay_new(p->loop, cfg, sid, cb, owner);
+    r->pool = p;
+    return r;
+}
+
+void mx_relay_release(mx_relay *r)
+{
+    if (!r)
+        return;
+    mx_relay_pool *p = r->pool;
+    if (!p || r->fd < 0 || r->st != ST_READY || r->op != OP_NONE || r->txn_open ||
+        r->cfg->forward == MX_FORWARD_PROXY || r->cfg->backend_pool_size == 0 ||
+        (int)g_queue_get_length(&p->idle) >= r->cfg->backend_pool_size) {
+        mx_relay_free(r);
+        return;
+    }
+    r->cb = NULL;
+    r->owner = NULL;
+    r->reused = 0;
+    r->parked = 1;
+    g_queue_push_tail_link(&p->idle, &r->link);
+    /* Below the backend's own idle timeout (Postfix: smtpd_timeout, 300 s),
+     * so we close first and never race its 421. */
+    set_timer(r, r->cfg->backend_pool_idle);
 }

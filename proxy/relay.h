@@ -45,10 +45,33 @@ typedef struct mx_relay_client {
 
 typedef struct mx_relay mx_relay;
 
-mx_relay *mx_relay_new(struct ev_loop *loop, mx_config *cfg, const char *sid, mx_relay_cb cb,
-                       void *owner);
+/*
+ * Idle backend connections of one worker, kept for the next session (the
+ * upstream keepalive of a reverse proxy). A parked connection holds no
+ * transaction; the next session re-identifies its client with XCLIENT
+ * (Postfix allows XCLIENT outside a transaction and resets to a fresh
+ * session). Connections that forward with a PROXY header are never pooled:
+ * that header names one client for the life of the connection.
+ */
+typedef struct mx_relay_pool {
+    struct ev_loop *loop;
+    GQueue idle; /* parked relays, most recent at the tail */
+} mx_relay_pool;
 
-/* Close, sending QUIT first when the backend is idle. Never calls back. */
+void mx_relay_pool_init(mx_relay_pool *p, struct ev_loop *loop);
+/* Close every parked connection (drain, shutdown). */
+void mx_relay_pool_clear(mx_relay_pool *p);
+
+/* A parked connection made under the same config snapshot, or a new relay. */
+mx_relay *mx_relay_acquire(mx_relay_pool *p, mx_config *cfg, const char *sid, mx_relay_cb cb,
+                           void *owner);
+
+/* The owner is done: park the connection when it is idle, outside a
+ * transaction and the pool has room; else close it (QUIT when idle).
+ * Never calls back. */
+void mx_relay_release(mx_relay *r);
+
+/* Close now, sending QUIT first when the backend is idle. Never calls back. */
 void mx_relay_free(mx_relay *r);
 
 /* Update what the backend learns at the next handshake (the HELO name can

@@ -90,6 +90,7 @@ static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
     if (atomic_load(&srv->draining) && !w->draining) {
         w->draining = 1;
         stop_listening(w);
+        mx_relay_pool_clear(&w->pool);
     }
     if (w->draining)
         mx_session_drain_all(w, atomic_load(&srv->force_close));
@@ -146,6 +147,7 @@ mx_server *mx_server_new(mx_config *cfg, struct ev_loop *main_loop, char **err)
         w->wake.data = w;
         ev_async_start(w->loop, &w->wake);
         mx_offload_port_init(&w->port, srv->offload, w->loop);
+        mx_relay_pool_init(&w->pool, w->loop);
         g_queue_init(&w->sessions);
         w->nlsn = cfg->nlistens;
         w->lsn = g_new0(ev_io, cfg->nlistens);
@@ -203,6 +205,7 @@ void mx_server_join_free(mx_server *srv)
         g_free(w->lsn);
         g_free(w->lsn_conf);
         if (w->loop) {
+            mx_relay_pool_clear(&w->pool);
             mx_offload_port_close(&w->port);
             ev_loop_destroy(w->loop);
         }

@@ -19,6 +19,7 @@
 
 #include "config.h"
 #include "offload.h"
+#include "relay.h"
 #include "spool.h"
 
 typedef struct mx_server mx_server;
@@ -35,6 +36,7 @@ typedef struct mx_worker {
     GQueue sessions;     /* owned by session.c (links live in the sessions) */
     int draining;        /* this loop has stopped accepting */
     mx_offload_port port; /* blocking jobs (scans, store calls) finish here */
+    mx_relay_pool pool;   /* idle backend connections for reuse */
 } mx_worker;
 
 struct mx_server {

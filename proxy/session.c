@@ -87,6 +87,7 @@ typedef struct mx_session {
     mx_buf in;
     GString *out;   /* replies not yet written; bounded by OUT_HIGH + one reply */
     int discard_line; /* an over-long line is being skipped up to its LF */
+    int client_eof;   /* the client closed while the backend was working */
 
     char *helo;
     int esmtp;
@@ -193,7 +194,7 @@ static void session_close(mx_session *s, const char *reason)
     close(s->fd);
     s->fd = -1;
     if (s->relay) {
-        mx_relay_free(s->relay);
+        mx_relay_release(s->relay); /* parked for the next session when clean */
         s->relay = NULL;
     }
     txn_reset(s);
@@ -280,9 +281,14 @@ static void update_interest(mx_session *s)
 {
     if (s->phase == MX_PHASE_CLOSED)
         return;
+    /* While the backend works we keep reading (into the buffer, without
+     * parsing): stopping and restarting the watcher for every relayed
+     * command costs two epoll_ctl calls each time. */
     int want_read = (s->phase == MX_PHASE_CMD || s->phase == MX_PHASE_DATA ||
-                     s->phase == MX_PHASE_BDAT || s->phase == MX_PHASE_GREET) &&
-                    s->out->len <= OUT_HIGH && mx_buf_room(&s->in) + (size_t)(s->in.pos - s->in.start) > 0;
+                     s->phase == MX_PHASE_BDAT || s->phase == MX_PHASE_GREET ||
+                     s->phase == MX_PHASE_BACKEND) &&
+                    !s->client_eof && s->out->len <= OUT_HIGH &&
+                    mx_buf_room(&s->in) + (size_t)(s->in.pos - s->in.start) > 0;
     if (want_read)
         ev_io_start(s->w->loop, &s->rio);
     else
@@ -336,7 +342,7 @@ static void relay_client(mx_session *s)
         .sid = s->sid,
     };
     if (!s->relay)
-        s->relay = mx_relay_new(s->w->loop, s->cfg, s->sid, relay_done, s);
+        s->relay = mx_relay_acquire(&s->w->pool, s->cfg, s->sid, relay_done, s);
     mx_relay_set_client(s->relay, &cl);
 }
 
@@ -909,6 +915,14 @@ static void process(mx_session *s)
         return;
     if (mx_buf_used(&s->in) == 0)
         mx_buf_reset(&s->in);
+    if (s->client_eof && active_phase(s)) {
+        /* Everything the client sent before its EOF has been answered. */
+        if (s->phase == MX_PHASE_DATA || s->phase == MX_PHASE_BDAT ||
+            (s->phase == MX_PHASE_CMD && s->txn.bdat))
+            log_message(s, "aborted", "(client disconnected before end of data)");
+        close_after_reply(s, "client_closed");
+        return;
+    }
     flush_out(s);
     if (s->phase != MX_PHASE_CLOSED)
         update_interest(s);
@@ -939,11 +953,20 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
     ssize_t n = recv(s->fd, s->in.last, mx_buf_room(&s->in), 0);
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         goto out;
+    if (n == 0 && s->phase == MX_PHASE_BACKEND) {
+        /* The client half-closed after pipelining its last commands: they
+         * are answered once the backend has, then we close. */
+        s->client_eof = 1;
+        ev_io_stop(loop, w);
+        goto out;
+    }
     if (n <= 0) {
         client_gone(s, n == 0 ? "client_closed" : "read_error");
         goto out;
     }
     s->in.last += n;
+    if (s->phase == MX_PHASE_BACKEND)
+        goto out; /* parsed when the backend has answered */
     if (s->phase == MX_PHASE_GREET) {
         /* RFC 5321 3.1: the client waits for the greeting. */
         reply(s, MX_R_PREGREET, NULL);

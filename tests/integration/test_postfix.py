@@ -90,6 +90,27 @@ class TestDelivery(PostfixCase):
         ev = self.gw.wait_event(event="message")
         self.assertIn("outcome", ev)
 
+    def test_pooled_backend_connection_is_reidentified_for_each_client(self):
+        # Sessions one after another from different addresses: the backend
+        # connection is reused (one smtpd connection for all of them), and
+        # XCLIENT tells Postfix each session's own client every time.
+        sources = ["127.0.0.21", "127.0.0.22", "127.0.0.23"]
+        for i, src in enumerate(sources):
+            msg = mt.make_message(subject="pooled %d" % i)
+            with self.gw.smtplib(source=src) as s:
+                self.assertEqual(s.sendmail("sender@client.test", ["alice@example.test"], msg), {})
+            d = self.pf.wait_deliveries(i + 1, 20)[i]
+            self.pf.wait_log(r"%s: client=\S*\[%s\]" % (re.escape(d.queue_id), re.escape(src)))
+        self.gw.stop()  # closes the pooled connection: Postfix logs its totals
+        log = self.pf.wait_log(r"disconnect from .* mail=") and self.pf.log()
+        # "client=" lines name each source once; none names mxgate itself
+        self.assertEqual(len(re.findall(r": client=\S*\[127\.0\.0\.1\]", log)), 0, log)
+        # one backend session carried all three transactions (the health
+        # probe's connections never send MAIL)
+        mails = [m for m in re.findall(r"disconnect from \S+ .*", log) if " mail=" in m]
+        self.assertEqual(len(mails), 1, "backend connection not reused: %s" % mails)
+        self.assertIn(" mail=3 rcpt=3 data=3 ", mails[0])
+
     def test_swaks_message_arrives_byte_exact(self):
         data = "From: <swaks@client.test>\nTo: <bob@example.test>\nSubject: swaks\n\nswaks body\n..dots\nend"
         r = subprocess.run(["swaks", "--server", "%s:%d" % (mt.HOST, self.gw.port),
