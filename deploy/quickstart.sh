@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/bin/bash
 # Quick start: install what mxgate needs, build it, and run it on its
 # embedded defaults in the foreground, in front of a demo backend.
 #
@@ -23,6 +23,12 @@ chmod 777 demo/mail # smtp-sink drops privileges to nobody before writing
 smtp-sink -u nobody -d "$root/demo/mail/%Y%m%d-%H%M%S." 127.0.0.1:10025 256 &
 sink=$!
 trap 'kill $sink 2>/dev/null || true' EXIT INT TERM
+# let the sink bind before mxgate's first health probe
+i=0
+while [ $i -lt 50 ] && ! (exec 3<>/dev/tcp/127.0.0.1/10025) 2>/dev/null; do
+    sleep 0.1
+    i=$((i + 1))
+done
 
 echo "mxgate: listening on 127.0.0.1:2525, relaying to the demo backend on 127.0.0.1:10025"
 echo "mxgate: try: swaks --server 127.0.0.1:2525 --to you@example.com; then ls demo/mail/"

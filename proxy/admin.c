@@ -272,9 +272,12 @@ mx_admin *mx_admin_start(mx_server *srv, struct ev_loop *loop, char **err)
         a->lsn.data = a;
         ev_io_start(loop, &a->lsn);
     }
+    /* Only /health reads the probe's result: without the endpoint, do not
+     * knock on the backend every few seconds. */
     ev_timer_init(&a->probe_timer, on_probe_timer, 0., cfg->health_interval);
     a->probe_timer.data = a;
-    ev_timer_start(loop, &a->probe_timer);
+    if (cfg->admin.len)
+        ev_timer_start(loop, &a->probe_timer);
     mx_config_unref(cfg);
     return a;
 }

@@ -275,6 +275,17 @@ static int derive_listens(mx_config *c, char **err)
         *err = g_strdup("smtp.listen: no address given");
         rc = -1;
     }
+    for (guint i = 0; rc == 0 && i < arr->len; i++) {
+        const mx_listen *l = &g_array_index(arr, mx_listen, i);
+        /* Parsed, not yet served: a PROXY header read as a command, or a
+         * TLS handshake read as one, would be worse than refusing to start. */
+        if (l->proxy_protocol || l->tls) {
+            *err = g_strdup_printf("smtp.listen: %s: the %s flag is not supported by this "
+                                   "build yet", l->addr.text,
+                                   l->proxy_protocol ? "proxy_protocol" : "tls");
+            rc = -1;
+        }
+    }
     c->nlistens = (int)arr->len;
     c->listens = (mx_listen *)g_array_free(arr, FALSE);
     return rc;
