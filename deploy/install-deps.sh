@@ -16,7 +16,7 @@ BUILD="build-essential cmake pkg-config clang libclang-rt-14-dev
 # whose runtime libraries are listed here.
 TEST="postfix swaks memcached haproxy clamav python3 procps iproute2 openssl
       libmariadb3 libspf2-2 libidn12 libgnutls30 libpq5 libsasl2-2 libperl5.36
-      testssl.sh"
+      testssl.sh libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-perl"
 
 missing=""
 for p in $BUILD $TEST; do

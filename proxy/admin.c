@@ -72,7 +72,7 @@ static void handle_request(http_conn *c)
 {
     mx_server *srv = c->a->srv;
     if (g_str_has_prefix(c->req, "GET /health ") || g_str_has_prefix(c->req, "HEAD /health ")) {
-        int draining = atomic_load(&srv->draining);
+        int draining = atomic_load(&srv->stopping) || atomic_load(&srv->draining);
         int up = atomic_load(&srv->backend_up);
         g_autofree char *body =
             g_strdup_printf("%s\nsessions=%d\nbackend=%s\ndraining=%s\n",

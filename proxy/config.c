@@ -15,8 +15,9 @@
 #include <netinet/in.h>
 
 #include "config.h"
+#include "tls.h"
 
-typedef enum { OPT_STR, OPT_INT, OPT_SIZE, OPT_ENUM } opt_type;
+typedef enum { OPT_STR, OPT_INT, OPT_SIZE, OPT_ENUM, OPT_BOOL } opt_type;
 
 typedef struct option {
     const char *section;
@@ -32,6 +33,8 @@ typedef struct option {
 static const char *const forward_names[] = {"xclient", "xforward", "proxy", "none", NULL};
 static const char *const bare_names[] = {"normalize", "reject", NULL};
 static const char *const level_names[] = {"error", "warning", "info", "debug", NULL};
+static const char *const btls_names[] = {"none", "opportunistic", "required", NULL};
+static const char *const tlsver_names[] = {"TLSv1.2", "TLSv1.3", NULL};
 
 #define O(f) offsetof(mx_config, f)
 #define GiB (1024LL * 1024 * 1024)
@@ -67,6 +70,32 @@ static const option options[] = {
      "bytes of message data all sessions of the node may hold at once; past it 452 4.3.1"},
     {"smtp", "drain_timeout", OPT_INT, O(drain_timeout), "60", 0, 86400, NULL,
      "seconds SIGTERM waits for in-flight sessions before closing them with 421"},
+    {"smtp", "drain_grace", OPT_INT, O(drain_grace), "0", 0, 3600, NULL,
+     "seconds after SIGTERM during which /health says 503 but new sessions are still served"},
+    {"smtp", "proxy_protocol_from", OPT_STR, O(proxy_protocol_from), "127.0.0.0/8;::1/128", 0, 0,
+     NULL, "';'-separated networks allowed to send PROXY headers on proxy_protocol listeners"},
+    {"smtp", "proxy_timeout", OPT_INT, O(proxy_timeout), "5", 1, 300, NULL,
+     "seconds to wait for the PROXY header on a proxy_protocol listener"},
+    {"smtp", "starttls", OPT_BOOL, O(starttls), "true", 0, 0, NULL,
+     "offer STARTTLS (RFC 3207) when tls.cert and tls.key are set"},
+
+    {"tls", "cert", OPT_STR, O(tls_cert), "", 0, 0, NULL,
+     "PEM certificate chain for STARTTLS and tls listeners; empty = no TLS"},
+    {"tls", "key", OPT_STR, O(tls_key), "", 0, 0, NULL, "PEM private key for tls.cert"},
+    {"tls", "ciphers", OPT_STR, O(tls_ciphers),
+     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+     "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+     "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384", 0, 0, NULL,
+     "OpenSSL cipher list for TLS 1.2 (forward secret AEAD only by default)"},
+    {"tls", "ciphersuites", OPT_STR, O(tls_ciphersuites),
+     "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256", 0, 0, NULL,
+     "OpenSSL TLS 1.3 cipher suites"},
+    {"tls", "min_version", OPT_ENUM, O(tls_min_version), "TLSv1.2", 0, 0, tlsver_names,
+     "lowest protocol accepted: TLSv1.2 or TLSv1.3"},
+    {"tls", "ticket_keys", OPT_STR, O(tls_ticket_keys), "", 0, 0, NULL,
+     "file of 80-byte session ticket keys shared by all nodes; empty = per-process keys"},
+    {"tls", "handshake_timeout", OPT_INT, O(tls_handshake_timeout), "30", 1, 600, NULL,
+     "seconds a TLS handshake may take"},
 
     {"backend", "servers", OPT_STR, O(backend_servers), "127.0.0.1:10025", 0, 0, NULL,
      "';'-separated ADDR:PORT of backend MTAs, tried in order"},
@@ -89,6 +118,13 @@ static const option options[] = {
      "idle backend connections each worker keeps for reuse (re-identified by XCLIENT); 0 = off"},
     {"backend", "pool_idle_timeout", OPT_INT, O(backend_pool_idle), "30", 1, 3600, NULL,
      "seconds an idle pooled backend connection is kept; keep below the backend's own timeout"},
+
+    {"backend", "starttls", OPT_ENUM, O(backend_starttls), "none", 0, 0, btls_names,
+     "TLS to the backend: none, opportunistic (when offered) or required"},
+    {"backend", "tls_verify", OPT_BOOL, O(backend_tls_verify), "false", 0, 0, NULL,
+     "verify the backend's certificate against backend.tls_ca"},
+    {"backend", "tls_ca", OPT_STR, O(backend_tls_ca), "", 0, 0, NULL,
+     "PEM CA file for backend.tls_verify; empty = the system store"},
 
     {"admin", "listen", OPT_STR, O(admin_listen), "127.0.0.1:8025", 0, 0, NULL,
      "ADDR:PORT of the HTTP endpoint for /health; empty = off"},
@@ -159,6 +195,20 @@ static int set_option(mx_config *c, const option *o, const char *raw, char **err
         else
             *(uint64_t *)p = (uint64_t)n;
         return 0;
+    case OPT_BOOL:
+        if (g_ascii_strcasecmp(val, "true") == 0 || g_ascii_strcasecmp(val, "yes") == 0 ||
+            g_ascii_strcasecmp(val, "on") == 0 || strcmp(val, "1") == 0) {
+            *(int *)p = 1;
+            return 0;
+        }
+        if (g_ascii_strcasecmp(val, "false") == 0 || g_ascii_strcasecmp(val, "no") == 0 ||
+            g_ascii_strcasecmp(val, "off") == 0 || strcmp(val, "0") == 0) {
+            *(int *)p = 0;
+            return 0;
+        }
+        *err = g_strdup_printf("%s.%s: bad value \"%s\" (expected true or false)", o->section,
+                               o->key, val);
+        return -1;
     case OPT_ENUM:
         for (int i = 0; o->names[i]; i++) {
             if (g_ascii_strcasecmp(o->names[i], val) == 0) {
@@ -275,17 +325,6 @@ static int derive_listens(mx_config *c, char **err)
         *err = g_strdup("smtp.listen: no address given");
         rc = -1;
     }
-    for (guint i = 0; rc == 0 && i < arr->len; i++) {
-        const mx_listen *l = &g_array_index(arr, mx_listen, i);
-        /* Parsed, not yet served: a PROXY header read as a command, or a
-         * TLS handshake read as one, would be worse than refusing to start. */
-        if (l->proxy_protocol || l->tls) {
-            *err = g_strdup_printf("smtp.listen: %s: the %s flag is not supported by this "
-                                   "build yet", l->addr.text,
-                                   l->proxy_protocol ? "proxy_protocol" : "tls");
-            rc = -1;
-        }
-    }
     c->nlistens = (int)arr->len;
     c->listens = (mx_listen *)g_array_free(arr, FALSE);
     return rc;
@@ -320,9 +359,76 @@ static int derive_backends(mx_config *c, char **err)
     return rc;
 }
 
+static int derive_nets(mx_config *c, char **err)
+{
+    g_auto(GStrv) items = g_strsplit_set(c->proxy_protocol_from, "; ", -1);
+    GArray *arr = g_array_new(FALSE, TRUE, sizeof(mx_net));
+    int rc = 0;
+    for (char **it = items; *it; it++) {
+        if (!**it)
+            continue;
+        mx_net n = {0};
+        g_autofree char *host = g_strdup(*it);
+        char *slash = strchr(host, '/');
+        int64_t bits = -1;
+        if (slash) {
+            *slash = '\0';
+            if (parse_int64(slash + 1, &bits, 0) < 0)
+                bits = 999;
+        }
+        if (inet_pton(AF_INET, host, n.addr) == 1) {
+            n.family = AF_INET;
+            n.prefix = bits < 0 ? 32 : (int)bits;
+            if (n.prefix > 32)
+                rc = -1;
+        } else if (inet_pton(AF_INET6, host, n.addr) == 1) {
+            n.family = AF_INET6;
+            n.prefix = bits < 0 ? 128 : (int)bits;
+            if (n.prefix > 128)
+                rc = -1;
+        } else {
+            rc = -1;
+        }
+        if (rc < 0) {
+            *err = g_strdup_printf("smtp.proxy_protocol_from: bad network \"%s\" (expected "
+                                   "ADDR or ADDR/BITS)", *it);
+            break;
+        }
+        g_array_append_val(arr, n);
+    }
+    c->nproxy_nets = (int)arr->len;
+    c->proxy_nets = (mx_net *)g_array_free(arr, FALSE);
+    return rc;
+}
+
+int mx_config_net_match(const mx_net *nets, int n, const struct sockaddr_storage *sa)
+{
+    const unsigned char *a;
+    int family = sa->ss_family;
+    if (family == AF_INET)
+        a = (const unsigned char *)&((const struct sockaddr_in *)sa)->sin_addr;
+    else if (family == AF_INET6)
+        a = (const unsigned char *)&((const struct sockaddr_in6 *)sa)->sin6_addr;
+    else
+        return 0;
+    for (int i = 0; i < n; i++) {
+        if (nets[i].family != family)
+            continue;
+        int bits = nets[i].prefix, k = 0;
+        while (bits >= 8 && a[k] == nets[i].addr[k])
+            bits -= 8, k++;
+        if (bits >= 8)
+            continue;
+        unsigned char mask = (unsigned char)(0xff << (8 - bits));
+        if (bits == 0 || (a[k] & mask) == (nets[i].addr[k] & mask))
+            return 1;
+    }
+    return 0;
+}
+
 static int derive(mx_config *c, char **err)
 {
-    if (derive_listens(c, err) < 0 || derive_backends(c, err) < 0)
+    if (derive_listens(c, err) < 0 || derive_backends(c, err) < 0 || derive_nets(c, err) < 0)
         return -1;
     if (*c->admin_listen) {
         char *e = NULL;
@@ -421,6 +527,19 @@ mx_config *mx_config_load(const char *file, char **overrides, char **err)
 
     if (derive(c, err) < 0)
         goto fail;
+    c->tls_server = mx_tls_server_new(c, err);
+    if (!c->tls_server && *err)
+        goto fail;
+    for (int i = 0; i < c->nlistens; i++) {
+        if (c->listens[i].tls && !c->tls_server) {
+            *err = g_strdup_printf("smtp.listen: %s has the tls flag, but tls.cert and tls.key "
+                                   "are not set", c->listens[i].addr.text);
+            goto fail;
+        }
+    }
+    c->tls_client = mx_tls_client_new(c, err);
+    if (!c->tls_client && *err)
+        goto fail;
     return c;
 
 fail:
@@ -448,6 +567,9 @@ void mx_config_unref(mx_config *c)
         g_free(c->backends[i].text);
     g_free(c->backends);
     g_free(c->admin.text);
+    g_free(c->proxy_nets);
+    mx_tls_free(c->tls_server);
+    mx_tls_free(c->tls_client);
     g_free(c->source_file);
     g_free(c);
 }

@@ -23,12 +23,20 @@ typedef struct mx_addr {
     char *text; /* as configured, for logs */
 } mx_addr;
 
+typedef struct mx_net {
+    int family;         /* AF_INET or AF_INET6 */
+    unsigned char addr[16];
+    int prefix;         /* bits */
+} mx_net;
+
 typedef struct mx_listen {
     mx_addr addr;
     int proxy_protocol; /* require a PROXY v1/v2 header first */
     int tls;            /* implicit TLS (port 465 style) */
 } mx_listen;
 
+enum { MX_BACKEND_TLS_NONE, MX_BACKEND_TLS_OPPORTUNISTIC, MX_BACKEND_TLS_REQUIRED };
+enum { MX_TLS_V12, MX_TLS_V13 };
 enum { MX_FORWARD_XCLIENT, MX_FORWARD_XFORWARD, MX_FORWARD_PROXY, MX_FORWARD_NONE };
 enum { MX_BARE_NORMALIZE, MX_BARE_REJECT };
 enum { MX_LOG_ERROR, MX_LOG_WARNING, MX_LOG_INFO, MX_LOG_DEBUG };
@@ -52,6 +60,19 @@ typedef struct mx_config {
     int max_sessions;
     uint64_t spool_budget;
     int drain_timeout;
+    int drain_grace;
+    char *proxy_protocol_from;
+    int proxy_timeout;
+    int starttls;
+
+    /* [tls] */
+    char *tls_cert;
+    char *tls_key;
+    char *tls_ciphers;
+    char *tls_ciphersuites;
+    int tls_min_version;
+    char *tls_ticket_keys;
+    int tls_handshake_timeout;
 
     /* [backend] */
     char *backend_servers;
@@ -64,6 +85,9 @@ typedef struct mx_config {
     int health_interval;
     int backend_pool_size;
     int backend_pool_idle;
+    int backend_starttls;
+    int backend_tls_verify;
+    char *backend_tls_ca;
 
     /* [admin] */
     char *admin_listen;
@@ -77,6 +101,10 @@ typedef struct mx_config {
     mx_addr *backends;
     int nbackends;
     mx_addr admin;     /* admin.len == 0: disabled */
+    mx_net *proxy_nets; /* smtp.proxy_protocol_from */
+    int nproxy_nets;
+    struct mx_tls *tls_server; /* NULL: no certificate configured */
+    struct mx_tls *tls_client; /* NULL: backend.starttls = none */
     char *source_file; /* NULL when running on embedded defaults */
 } mx_config;
 
@@ -92,6 +120,9 @@ void mx_config_unref(mx_config *c);
 
 /* Print every option as "section.key = default  # doc" (for --options). */
 void mx_config_dump_options(FILE *out);
+
+/* Is the address in one of the networks? */
+int mx_config_net_match(const mx_net *nets, int n, const struct sockaddr_storage *sa);
 
 /* Parse "ADDR:PORT" / "[V6]:PORT" into *a; returns 0 on success. */
 int mx_config_parse_addr(const char *s, mx_addr *a, char **err);

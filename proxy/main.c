@@ -29,6 +29,7 @@ typedef struct app {
     char **overrides;
     ev_signal sigterm, sigint, sighup;
     ev_timer drain_timer;
+    ev_timer grace_timer;
     int draining;
 } app;
 
@@ -40,24 +41,54 @@ static void on_drain_timeout(struct ev_loop *loop, ev_timer *t, int revents)
     mx_server_force_close(a->srv);
 }
 
+static void start_drain(app *a)
+{
+    mx_config *cfg = mx_server_config(a->srv);
+    mx_log_msg(MX_LOG_INFO, "drain", "no new sessions; waiting up to %d s for %d open ones",
+               cfg->drain_timeout, atomic_load(&a->srv->sessions));
+    ev_timer_init(&a->drain_timer, on_drain_timeout, cfg->drain_timeout, 0.);
+    a->drain_timer.data = a;
+    ev_timer_start(a->loop, &a->drain_timer);
+    mx_config_unref(cfg);
+    mx_server_drain(a->srv);
+}
+
+static void on_grace_over(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    start_drain(t->data);
+}
+
+/*
+ * SIGTERM: /health turns 503 at once, so the balancer stops sending new
+ * sessions; for smtp.drain_grace seconds we still serve whatever it sends
+ * meanwhile, then stop accepting and let open sessions finish.
+ */
 static void on_term(struct ev_loop *loop, ev_signal *w, int revents)
 {
     app *a = w->data;
     if (a->draining) {
         if (w->signum == SIGINT) { /* a second ^C: do not wait */
+            ev_timer_stop(loop, &a->grace_timer);
+            if (!atomic_load(&a->srv->draining))
+                start_drain(a);
             mx_server_force_close(a->srv);
         }
         return;
     }
     a->draining = 1;
+    atomic_store(&a->srv->stopping, 1);
     mx_config *cfg = mx_server_config(a->srv);
-    mx_log_msg(MX_LOG_INFO, "drain", "signal %d: no new sessions; waiting up to %d s for %d "
-               "open ones", w->signum, cfg->drain_timeout, atomic_load(&a->srv->sessions));
-    ev_timer_init(&a->drain_timer, on_drain_timeout, cfg->drain_timeout, 0.);
-    a->drain_timer.data = a;
-    ev_timer_start(loop, &a->drain_timer);
+    int grace = cfg->drain_grace;
     mx_config_unref(cfg);
-    mx_server_drain(a->srv);
+    mx_log_msg(MX_LOG_INFO, "stopping", "signal %d: /health now 503; accepting for %d s more",
+               w->signum, grace);
+    if (grace > 0) {
+        ev_timer_init(&a->grace_timer, on_grace_over, grace, 0.);
+        a->grace_timer.data = a;
+        ev_timer_start(loop, &a->grace_timer);
+        return;
+    }
+    start_drain(a);
 }
 
 static void on_hup(struct ev_loop *loop, ev_signal *w, int revents)

@@ -21,12 +21,18 @@
 #include "data_codec.h"
 #include "log.h"
 #include "relay.h"
+#include "tls.h"
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
 
 typedef enum {
     ST_DISCONNECTED,
     ST_CONNECTING,
     ST_GREETING,
     ST_EHLO,
+    ST_STARTTLS,
+    ST_TLS,
     ST_XCLIENT,
     ST_EHLO2,
     ST_XFORWARD1,
@@ -45,6 +51,8 @@ static const char *const state_action[] = {
     [ST_CONNECTING] = "connecting to backend",
     [ST_GREETING] = "waiting for backend greeting",
     [ST_EHLO] = "sending EHLO to backend",
+    [ST_STARTTLS] = "sending STARTTLS to backend",
+    [ST_TLS] = "in TLS handshake with backend",
     [ST_XCLIENT] = "sending XCLIENT to backend",
     [ST_EHLO2] = "sending EHLO to backend after XCLIENT",
     [ST_XFORWARD1] = "sending XFORWARD to backend",
@@ -78,6 +86,7 @@ struct mx_relay {
     int cport;
 
     int fd;
+    SSL *ssl;          /* TLS to the backend, after STARTTLS */
     ev_io rio, wio;
     ev_timer timer;
     state st;
@@ -113,9 +122,53 @@ struct mx_relay {
     int got_reply;    /* a reply arrived since adoption */
     int needs_ident;  /* send XCLIENT for the new owner's client first */
     int txn_open;     /* the backend holds a MAIL transaction */
+    int tls_refused;  /* opportunistic STARTTLS was refused by the backend */
 };
 
 static void on_read(struct ev_loop *loop, ev_io *w, int revents);
+static void tls_step(mx_relay *r);
+
+static ssize_t rconn_read(mx_relay *r, void *buf, size_t n)
+{
+    if (!r->ssl)
+        return read(r->fd, buf, n);
+    ERR_clear_error();
+    int k = SSL_read(r->ssl, buf, (int)MIN(n, (size_t)G_MAXINT));
+    if (k > 0)
+        return k;
+    switch (SSL_get_error(r->ssl, k)) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE:
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        return errno == 0 ? 0 : -1;
+    default:
+        errno = EPROTO;
+        return -1;
+    }
+}
+
+static ssize_t rconn_write(mx_relay *r, const void *buf, size_t n)
+{
+    if (!r->ssl)
+        return write(r->fd, buf, n);
+    ERR_clear_error();
+    int k = SSL_write(r->ssl, buf, (int)MIN(n, (size_t)G_MAXINT));
+    if (k > 0)
+        return k;
+    switch (SSL_get_error(r->ssl, k)) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE:
+        errno = EAGAIN;
+        return -1;
+    default:
+        errno = EPIPE;
+        return -1;
+    }
+}
 static void on_write(struct ev_loop *loop, ev_io *w, int revents);
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents);
 static void start_connect(mx_relay *r);
@@ -160,6 +213,11 @@ static void close_conn(mx_relay *r)
     ev_io_stop(r->loop, &r->rio);
     ev_io_stop(r->loop, &r->wio);
     ev_timer_stop(r->loop, &r->timer);
+    if (r->ssl) {
+        SSL_shutdown(r->ssl);
+        SSL_free(r->ssl);
+        r->ssl = NULL;
+    }
     if (r->fd >= 0)
         close(r->fd);
     r->fd = -1;
@@ -188,8 +246,13 @@ void mx_relay_free(mx_relay *r)
     unpark(r);
     if (r->fd >= 0 && r->st == ST_READY && mx_buf_used(&r->out) == 0) {
         /* Polite close; a short or failed write is fine, we are leaving. */
-        ssize_t w = write(r->fd, "QUIT\r\n", 6);
-        (void)w;
+        if (r->ssl) {
+            ERR_clear_error();
+            SSL_write(r->ssl, "QUIT\r\n", 6);
+        } else {
+            ssize_t w = write(r->fd, "QUIT\r\n", 6);
+            (void)w;
+        }
     }
     close_conn(r);
     mx_config_unref(r->cfg);
@@ -493,6 +556,18 @@ static void capture_ehlo(mx_relay *r, const mx_reply *rep)
  * the pending operation. */
 static int after_ehlo(mx_relay *r)
 {
+    if (r->cfg->tls_client && !r->ssl && !r->tls_refused && r->st == ST_EHLO) {
+        if (mx_relay_has_ext(r, "STARTTLS")) {
+            r->st = ST_STARTTLS;
+            set_timer(r, r->cfg->command_timeout);
+            send_line(r, "STARTTLS");
+            return 0;
+        }
+        if (r->cfg->backend_starttls == MX_BACKEND_TLS_REQUIRED) {
+            fail(r, MX_RELAY_DOWN, "backend does not offer STARTTLS (backend.starttls = required)");
+            return 1;
+        }
+    }
     if (r->cfg->forward == MX_FORWARD_XCLIENT && r->st == ST_EHLO) {
         if (!(r->caps & CAP_XCLIENT)) {
             /* Fail closed: without XCLIENT the backend would judge relay
@@ -514,6 +589,65 @@ static int after_ehlo(mx_relay *r)
 }
 
 static int G_GNUC_PRINTF(2, 3) log_reply_error(mx_relay *r, const char *fmt, ...);
+
+static void tls_start(mx_relay *r)
+{
+    r->st = ST_TLS;
+    mx_buf_reset(&r->in); /* nothing sent before the handshake counts */
+    r->ssl = SSL_new(mx_tls_ctx(r->cfg->tls_client));
+    SSL_set_fd(r->ssl, r->fd);
+    SSL_set_connect_state(r->ssl);
+    if (r->cfg->backend_tls_verify) {
+        /* The backend is named by address: its certificate must carry that
+         * IP (subjectAltName) and chain to backend.tls_ca. */
+        char host[INET6_ADDRSTRLEN] = "";
+        const struct sockaddr_storage *sa = &r->cfg->backends[r->server].sa;
+        if (sa->ss_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, host, sizeof(host));
+        else
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, host,
+                      sizeof(host));
+        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(r->ssl), host);
+    }
+    set_timer(r, r->cfg->command_timeout);
+    tls_step(r);
+}
+
+static void tls_step(mx_relay *r)
+{
+    ERR_clear_error();
+    int k = SSL_do_handshake(r->ssl);
+    if (k != 1) {
+        int e = SSL_get_error(r->ssl, k);
+        if (e == SSL_ERROR_WANT_READ) {
+            ev_io_stop(r->loop, &r->wio);
+            ev_io_start(r->loop, &r->rio);
+            return;
+        }
+        if (e == SSL_ERROR_WANT_WRITE) {
+            ev_io_start(r->loop, &r->wio);
+            return;
+        }
+        unsigned long err = ERR_get_error();
+        char buf[200] = "handshake failed";
+        if (err)
+            ERR_error_string_n(err, buf, sizeof(buf));
+        long v = SSL_get_verify_result(r->ssl);
+        if (v != X509_V_OK)
+            g_strlcpy(buf, X509_verify_cert_error_string(v), sizeof(buf));
+        /* A failed handshake is a backend failure whatever the mode: the
+         * session is unusable in plaintext after STARTTLS was accepted. */
+        fail(r, MX_RELAY_DOWN, "TLS: %s", buf);
+        return;
+    }
+    ev_io_stop(r->loop, &r->wio);
+    ev_io_start(r->loop, &r->rio);
+    /* RFC 3207 4.2: EHLO again inside TLS; the reply path then continues
+     * with XCLIENT and the pending operation. */
+    r->st = ST_EHLO;
+    set_timer(r, r->cfg->command_timeout);
+    send_line(r, "EHLO %s", r->cfg->helo_name);
+}
 
 /* Returns 1 when the operation ended (we may be freed or closed). */
 static int on_reply(mx_relay *r, const mx_reply *rep)
@@ -538,6 +672,20 @@ static int on_reply(mx_relay *r, const mx_reply *rep)
         }
         capture_ehlo(r, rep);
         return after_ehlo(r);
+    case ST_STARTTLS:
+        if (rep->code != 220) {
+            if (r->cfg->backend_starttls == MX_BACKEND_TLS_REQUIRED) {
+                fail(r, MX_RELAY_DOWN, "STARTTLS answered %d %s", rep->code,
+                     mx_reply_line(rep, 0));
+                return 1;
+            }
+            /* opportunistic: carry on in plaintext, as if not offered */
+            r->st = ST_EHLO;
+            r->tls_refused = 1;
+            return after_ehlo(r);
+        }
+        tls_start(r);
+        return 1; /* nothing more to parse in plaintext */
     case ST_XCLIENT:
         if (cls != 2) {
             fail(r, MX_RELAY_DOWN, "XCLIENT answered %d %s (is mxgate in "
@@ -624,7 +772,11 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
     mx_relay *r = w->data;
 
     mx_buf_compact(&r->in);
-    ssize_t n = read(r->fd, r->in.last, mx_buf_room(&r->in));
+    if (r->st == ST_TLS) {
+        tls_step(r);
+        return;
+    }
+    ssize_t n = rconn_read(r, r->in.last, mx_buf_room(&r->in));
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         return;
     if (n <= 0) {
@@ -657,6 +809,8 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
         if (on_reply(r, &rep))
             return; /* the operation ended: we may be closed or freed */
     }
+    if (r->ssl && r->fd >= 0 && SSL_pending(r->ssl) > 0)
+        ev_feed_event(loop, &r->rio, EV_READ); /* decrypted bytes wait in OpenSSL */
 }
 
 static void refill_body(mx_relay *r);
@@ -669,7 +823,7 @@ static void flush_out(mx_relay *r)
         size_t n = mx_buf_used(&r->out);
         if (n == 0)
             break;
-        ssize_t w = write(r->fd, r->out.pos, n);
+        ssize_t w = rconn_write(r, r->out.pos, n);
         if (w < 0 && errno == EINTR)
             continue;
         if (w < 0 && errno == EAGAIN) {
@@ -734,6 +888,10 @@ static void refill_body(mx_relay *r)
 static void on_write(struct ev_loop *loop, ev_io *w, int revents)
 {
     mx_relay *r = w->data;
+    if (r->st == ST_TLS) {
+        tls_step(r);
+        return;
+    }
     if (r->st == ST_CONNECTING) {
         int err = 0;
         socklen_t len = sizeof(err);

@@ -55,6 +55,9 @@ static const reply table[MX_R__COUNT] = {
     [MX_R_BACKEND_PROTO] = {451, "4.5.0", "Backend protocol error, try again later"},
     [MX_R_BACKEND_TIMEOUT] = {451, "4.4.2", "Backend timed out, try again later"},
     [MX_R_BACKEND_REJECT_DATA] = {451, "4.5.0", "Backend did not accept DATA, try again later"},
+    [MX_R_TLS_GO] = {220, "2.0.0", "Ready to start TLS"},
+    [MX_R_TLS_ACTIVE] = {503, "5.5.1", "Error: TLS already active"},
+    [MX_R_TXN_IN_PROGRESS] = {503, "5.5.1", "Error: MAIL transaction in progress"},
 };
 
 int mx_replies_code(mx_reply_id id) { return table[id].code; }

@@ -56,6 +56,9 @@ typedef enum {
     MX_R_BACKEND_PROTO,
     MX_R_BACKEND_TIMEOUT,
     MX_R_BACKEND_REJECT_DATA,
+    MX_R_TLS_GO,
+    MX_R_TLS_ACTIVE,
+    MX_R_TXN_IN_PROGRESS,
     MX_R__COUNT
 } mx_reply_id;
 

@@ -45,7 +45,8 @@ struct mx_server {
     mx_worker *workers;
     int nworkers;
 
-    atomic_int draining;    /* SIGTERM seen: stop accepting, finish sessions */
+    atomic_int stopping;    /* SIGTERM seen: /health says 503 (grace, then drain) */
+    atomic_int draining;    /* stop accepting, finish sessions */
     atomic_int force_close; /* drain timeout passed: close what is left */
     atomic_int sessions;    /* open client sessions, node-wide */
     atomic_int backend_up;  /* last health probe: some backend answered 220 */

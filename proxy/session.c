@@ -14,6 +14,7 @@
  * release frees. Nothing frees a session from inside its own callback.
  */
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -23,16 +24,23 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #include "buf.h"
 #include "data_codec.h"
 #include "log.h"
+#include "proxy_proto.h"
 #include "relay.h"
 #include "replies.h"
 #include "session.h"
 #include "smtp_cmd.h"
 #include "spool.h"
+#include "tls.h"
 
 typedef enum {
+    MX_PHASE_PROXY,   /* reading the PROXY header; nothing is sent before it */
+    MX_PHASE_TLS,     /* TLS handshake (implicit, or after STARTTLS) */
     MX_PHASE_GREET,   /* holding the banner (smtp.greet_delay) */
     MX_PHASE_CMD,     /* reading commands */
     MX_PHASE_DATA,    /* reading message data after 354 */
@@ -43,6 +51,8 @@ typedef enum {
 } mx_phase;
 
 static const char *const phase_action[] = {
+    [MX_PHASE_PROXY] = "reading PROXY header",
+    [MX_PHASE_TLS] = "in TLS handshake",
     [MX_PHASE_GREET] = "before greeting",
     [MX_PHASE_CMD] = "reading command",
     [MX_PHASE_DATA] = "receiving DATA",
@@ -83,6 +93,11 @@ typedef struct mx_session {
     struct sockaddr_storage peer, local;
     char addr[INET6_ADDRSTRLEN];
     int port;
+    int health_check; /* PROXY v2 LOCAL: a balancer's probe, not a client */
+    int implicit_tls; /* the listener has the tls flag */
+    int after_tls_banner; /* implicit TLS: the banner follows the handshake */
+    SSL *ssl;         /* NULL until a handshake starts; owned here */
+    size_t pp_have;   /* PROXY header bytes consumed so far */
 
     mx_buf in;
     GString *out;   /* replies not yet written; bounded by OUT_HIGH + one reply */
@@ -115,6 +130,8 @@ typedef struct mx_session {
 
 static void process(mx_session *s);
 static void flush_out(mx_session *s);
+static void tls_begin(mx_session *s);
+static void tls_step(mx_session *s);
 static void relay_done(void *owner, mx_relay_status st, const mx_reply *r);
 
 static mx_session *session_ref(mx_session *s)
@@ -165,9 +182,10 @@ static void reply_relayed(mx_session *s, const mx_reply *r)
 
 static void log_disconnect(mx_session *s)
 {
-    if (!mx_log_enabled(MX_LOG_INFO))
+    int level = s->health_check ? MX_LOG_DEBUG : MX_LOG_INFO;
+    if (!mx_log_enabled(level))
         return;
-    GString *l = mx_log_begin(MX_LOG_INFO, "disconnect");
+    GString *l = mx_log_begin(level, "disconnect");
     mx_log_kv(l, "sid", s->sid);
     mx_log_kv(l, "client", s->addr);
     mx_log_kvi(l, "port", s->port);
@@ -191,6 +209,11 @@ static void session_close(mx_session *s, const char *reason)
     ev_io_stop(s->w->loop, &s->rio);
     ev_io_stop(s->w->loop, &s->wio);
     ev_timer_stop(s->w->loop, &s->timer);
+    if (s->ssl) {
+        SSL_shutdown(s->ssl); /* close_notify, best effort: we do not wait */
+        SSL_free(s->ssl);
+        s->ssl = NULL;
+    }
     close(s->fd);
     s->fd = -1;
     if (s->relay) {
@@ -239,6 +262,9 @@ static void log_message(mx_session *s, const char *outcome, const char *replytex
     /* the reply without its CRLF, first line only */
     size_t n = strcspn(replytext, "\r\n");
     mx_log_kvn(l, "reply", replytext, n);
+    mx_log_kv(l, "tls", s->ssl ? mx_tls_version(s->ssl) : "none");
+    if (s->ssl)
+        mx_log_kv(l, "cipher", mx_tls_cipher(s->ssl));
     mx_log_kv(l, "backend", s->relay ? mx_relay_server(s->relay) : "-");
     if (s->relay && *mx_relay_error(s->relay) && outcome[0] == 't')
         mx_log_kv(l, "error", mx_relay_error(s->relay));
@@ -275,16 +301,64 @@ static void bad_command(mx_session *s, mx_reply_id id, const char *arg, const ch
     }
 }
 
+/* ---- the connection: plain or TLS ---- */
+
+/* Like recv(2): >0 bytes, 0 at EOF, -1 with errno (EAGAIN: wait). */
+static ssize_t conn_recv(mx_session *s, void *buf, size_t n)
+{
+    if (!s->ssl)
+        return recv(s->fd, buf, n, 0);
+    ERR_clear_error();
+    int r = SSL_read(s->ssl, buf, (int)MIN(n, (size_t)INT_MAX));
+    if (r > 0)
+        return r;
+    switch (SSL_get_error(s->ssl, r)) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE:
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        if (errno == 0)
+            return 0; /* EOF without close_notify */
+        return -1;
+    default:
+        errno = EPROTO;
+        return -1;
+    }
+}
+
+static ssize_t conn_send(mx_session *s, const void *buf, size_t n)
+{
+    if (!s->ssl)
+        return send(s->fd, buf, n, MSG_NOSIGNAL);
+    ERR_clear_error();
+    int r = SSL_write(s->ssl, buf, (int)MIN(n, (size_t)INT_MAX));
+    if (r > 0)
+        return r;
+    switch (SSL_get_error(s->ssl, r)) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE:
+        errno = EAGAIN;
+        return -1;
+    default:
+        errno = EPIPE;
+        return -1;
+    }
+}
+
 /* ---- output ---- */
 
 static void update_interest(mx_session *s)
 {
-    if (s->phase == MX_PHASE_CLOSED)
+    if (s->phase == MX_PHASE_CLOSED || s->phase == MX_PHASE_TLS)
         return;
     /* While the backend works we keep reading (into the buffer, without
      * parsing): stopping and restarting the watcher for every relayed
      * command costs two epoll_ctl calls each time. */
     int want_read = (s->phase == MX_PHASE_CMD || s->phase == MX_PHASE_DATA ||
+                     s->phase == MX_PHASE_PROXY ||
                      s->phase == MX_PHASE_BDAT || s->phase == MX_PHASE_GREET ||
                      s->phase == MX_PHASE_BACKEND) &&
                     !s->client_eof && s->out->len <= OUT_HIGH &&
@@ -293,12 +367,16 @@ static void update_interest(mx_session *s)
         ev_io_start(s->w->loop, &s->rio);
     else
         ev_io_stop(s->w->loop, &s->rio);
+    /* OpenSSL may hold decrypted bytes the socket will never signal again:
+     * drain them now that there is room. */
+    if (want_read && s->ssl && SSL_pending(s->ssl) > 0 && mx_buf_room(&s->in) > 0)
+        ev_feed_event(s->w->loop, &s->rio, EV_READ);
 }
 
 static void flush_out(mx_session *s)
 {
     while (s->out->len > 0) {
-        ssize_t n = send(s->fd, s->out->str, s->out->len, MSG_NOSIGNAL);
+        ssize_t n = conn_send(s, s->out->str, s->out->len);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && errno == EAGAIN) {
@@ -315,11 +393,18 @@ static void flush_out(mx_session *s)
     ev_io_stop(s->w->loop, &s->wio);
     if (s->phase == MX_PHASE_CLOSING)
         session_close(s, NULL);
+    else if (s->phase == MX_PHASE_TLS && !s->ssl)
+        tls_begin(s); /* the 220 to STARTTLS has left in plaintext */
 }
 
 static void on_write(struct ev_loop *loop, ev_io *w, int revents)
 {
     mx_session *s = session_ref(w->data);
+    if (s->phase == MX_PHASE_TLS && s->ssl) {
+        tls_step(s);
+        session_unref(s);
+        return;
+    }
     flush_out(s);
     if (s->phase != MX_PHASE_CLOSED && s->phase != MX_PHASE_CLOSING && s->out->len <= OUT_HIGH) {
         process(s); /* backpressure released */
@@ -510,8 +595,10 @@ static void cmd_ehlo(mx_session *s, const mx_cmd *c, int esmtp)
         reply(s, MX_R_HELO, s->cfg->hostname);
         return;
     }
+    g_string_append_printf(s->out, "250-%s\r\n", s->cfg->hostname);
+    if (s->cfg->tls_server && s->cfg->starttls && !s->ssl)
+        g_string_append(s->out, "250-STARTTLS\r\n");
     g_string_append_printf(s->out,
-                           "250-%s\r\n"
                            "250-PIPELINING\r\n"
                            "250-SIZE %llu\r\n"
                            "250-8BITMIME\r\n"
@@ -519,7 +606,7 @@ static void cmd_ehlo(mx_session *s, const mx_cmd *c, int esmtp)
                            "250-ENHANCEDSTATUSCODES\r\n"
                            "250-CHUNKING\r\n"
                            "250 DSN\r\n",
-                           s->cfg->hostname, (unsigned long long)s->cfg->max_message_size);
+                           (unsigned long long)s->cfg->max_message_size);
 }
 
 static void cmd_mail(mx_session *s, const mx_cmd *c, const char *line, size_t len)
@@ -661,9 +748,14 @@ static void build_received(mx_session *s)
         g_string_append_c(g, (ch > ' ' && ch < 0x7f && ch != '(' && ch != ')' && ch != '\\')
                                  ? (char)ch : '?');
     }
-    g_string_append_printf(g, " (unknown [%s])\r\n\tby %s (mxgate) with %s id %s", s->addr,
-                           s->cfg->hostname,
-                           s->txn.smtputf8 ? "UTF8SMTP" : s->esmtp ? "ESMTP" : "SMTP", s->sid);
+    g_string_append_printf(g, " (unknown [%s])\r\n", s->addr);
+    if (s->ssl)
+        g_string_append_printf(g, "\t(using %s with cipher %s)\r\n", mx_tls_version(s->ssl),
+                               mx_tls_cipher(s->ssl));
+    /* RFC 3848 / RFC 6531 protocol names */
+    g_string_append_printf(g, "\tby %s (mxgate) with %s%s id %s", s->cfg->hostname,
+                           s->txn.smtputf8 ? "UTF8SMTP" : s->esmtp ? "ESMTP" : "SMTP",
+                           s->ssl ? "S" : "", s->sid);
     if (s->txn.nrcpt == 1 && s->txn.first_rcpt)
         g_string_append_printf(g, "\r\n\tfor <%s>", s->txn.first_rcpt);
     char date[64];
@@ -760,6 +852,41 @@ static void cmd_rset(mx_session *s)
     reply(s, MX_R_OK, NULL);
 }
 
+/* RFC 3207. */
+static void cmd_starttls(mx_session *s, const char *line, size_t len)
+{
+    if (!s->cfg->tls_server || !s->cfg->starttls) {
+        bad_command(s, MX_R_NOT_IMPL, NULL, line, len);
+        return;
+    }
+    if (s->ssl) {
+        bad_command(s, MX_R_TLS_ACTIVE, NULL, line, len);
+        return;
+    }
+    if (s->txn.active) {
+        bad_command(s, MX_R_TXN_IN_PROGRESS, NULL, line, len);
+        return;
+    }
+    reply(s, MX_R_TLS_GO, NULL);
+    /* CVE-2011-0411: anything pipelined after STARTTLS arrived in
+     * plaintext, where a man in the middle could have put it. It is
+     * dropped, never run inside the TLS session. */
+    size_t injected = mx_buf_used(&s->in);
+    if (injected > 0) {
+        GString *l = mx_log_begin(MX_LOG_WARNING, "starttls_injection");
+        mx_log_kv(l, "sid", s->sid);
+        mx_log_kv(l, "client", s->addr);
+        mx_log_kvi(l, "discarded", (int64_t)injected);
+        mx_log_kvn(l, "data", s->in.pos, MIN(injected, 100));
+        mx_log_end(l);
+    }
+    mx_buf_reset(&s->in);
+    s->phase = MX_PHASE_TLS;
+    set_timer(s, s->cfg->tls_handshake_timeout);
+    ev_io_stop(s->w->loop, &s->rio);
+    /* the handshake starts once the 220 is written (flush_out) */
+}
+
 static void handle_line(mx_session *s, const char *line, size_t len)
 {
     mx_cmd c;
@@ -810,8 +937,10 @@ static void handle_line(mx_session *s, const char *line, size_t len)
         log_reject(s, "command", line, len, MX_R_NONSMTP, "non-SMTP command");
         close_after_reply(s, "non_smtp_command");
         break;
-    case MX_CMD_EXPN:
     case MX_CMD_STARTTLS:
+        cmd_starttls(s, line, len);
+        break;
+    case MX_CMD_EXPN:
     case MX_CMD_AUTH:
     case MX_CMD_ETRN:
         bad_command(s, MX_R_NOT_IMPL, NULL, line, len);
@@ -941,16 +1070,187 @@ static void client_gone(mx_session *s, const char *reason)
     session_close(s, reason);
 }
 
+static void begin_smtp(mx_session *s);
+
+static void tls_fail(mx_session *s, const char *why)
+{
+    unsigned long e = ERR_get_error();
+    char buf[256] = "";
+    if (e)
+        ERR_error_string_n(e, buf, sizeof(buf));
+    ERR_clear_error();
+    GString *l = mx_log_begin(MX_LOG_INFO, "tls_error");
+    mx_log_kv(l, "sid", s->sid);
+    mx_log_kv(l, "client", s->addr);
+    mx_log_kv(l, "error", e ? buf : why);
+    mx_log_end(l);
+    if (s->ssl) {
+        SSL_free(s->ssl); /* no close_notify on a failed handshake */
+        s->ssl = NULL;
+    }
+    session_close(s, "tls_handshake_failed");
+}
+
+static void tls_begin(mx_session *s)
+{
+    s->ssl = SSL_new(mx_tls_ctx(s->cfg->tls_server));
+    SSL_set_fd(s->ssl, s->fd);
+    SSL_set_accept_state(s->ssl);
+    set_timer(s, s->cfg->tls_handshake_timeout);
+    tls_step(s);
+}
+
+/* Drive the non-blocking handshake; the watchers follow what OpenSSL
+ * wants next. */
+static void tls_step(mx_session *s)
+{
+    ERR_clear_error();
+    int r = SSL_do_handshake(s->ssl);
+    if (r != 1) {
+        int e = SSL_get_error(s->ssl, r);
+        if (e == SSL_ERROR_WANT_READ) {
+            ev_io_stop(s->w->loop, &s->wio);
+            ev_io_start(s->w->loop, &s->rio);
+            return;
+        }
+        if (e == SSL_ERROR_WANT_WRITE) {
+            ev_io_stop(s->w->loop, &s->rio);
+            ev_io_start(s->w->loop, &s->wio);
+            return;
+        }
+        tls_fail(s, e == SSL_ERROR_SYSCALL ? "connection closed in handshake"
+                                           : "handshake failed");
+        return;
+    }
+    ev_io_stop(s->w->loop, &s->wio);
+    if (mx_log_enabled(MX_LOG_DEBUG)) {
+        GString *l = mx_log_begin(MX_LOG_DEBUG, "tls");
+        mx_log_kv(l, "sid", s->sid);
+        mx_log_kv(l, "version", mx_tls_version(s->ssl));
+        mx_log_kv(l, "cipher", mx_tls_cipher(s->ssl));
+        mx_log_kvi(l, "resumed", SSL_session_reused(s->ssl));
+        mx_log_end(l);
+    }
+    if (s->after_tls_banner) {
+        s->after_tls_banner = 0;
+        begin_smtp(s);
+        return;
+    }
+    /* RFC 3207 4.2: forget everything learnt before the handshake. */
+    g_clear_pointer(&s->helo, g_free);
+    s->esmtp = 0;
+    txn_reset(s);
+    if (s->relay) {
+        mx_relay_release(s->relay);
+        s->relay = NULL;
+    }
+    to_cmd_phase(s);
+    process(s);
+}
+
+static void set_peer_text(mx_session *s)
+{
+    if (s->peer.ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&s->peer;
+        inet_ntop(AF_INET, &in->sin_addr, s->addr, sizeof(s->addr));
+        s->port = ntohs(in->sin_port);
+    } else if (s->peer.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&s->peer;
+        inet_ntop(AF_INET6, &in6->sin6_addr, s->addr, sizeof(s->addr));
+        s->port = ntohs(in6->sin6_port);
+    } else {
+        g_strlcpy(s->addr, "unknown", sizeof(s->addr));
+        s->port = 0;
+    }
+}
+
+static void proxy_fail(mx_session *s, const char *why)
+{
+    GString *l = mx_log_begin(MX_LOG_WARNING, "proxy_error");
+    mx_log_kv(l, "sid", s->sid);
+    mx_log_kv(l, "peer", s->addr);
+    mx_log_kv(l, "error", why);
+    mx_log_end(l);
+    session_close(s, "bad_proxy_header");
+}
+
+/*
+ * The PROXY header arrives first (HAProxy proxy-protocol.txt 2.1, 2.2).
+ * Peek, and consume only bytes that are certainly header: while the parser
+ * says MX_AGAIN everything seen is a header prefix, and at MX_DONE exactly
+ * the rest of its length is taken. What follows (SMTP, or a TLS
+ * ClientHello) stays in the socket for whoever reads next.
+ */
+static void proxy_read(mx_session *s)
+{
+    char *buf = s->in.start;
+    size_t cap = (size_t)(s->in.end - s->in.start);
+    ssize_t n = recv(s->fd, buf + s->pp_have, cap - s->pp_have, MSG_PEEK);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n <= 0) {
+        session_close(s, n == 0 ? "client_closed" : "read_error");
+        return;
+    }
+    size_t total = s->pp_have + (size_t)n;
+    mx_pp_header h;
+    const char *why = NULL;
+    mx_rc rc = mx_pp_parse(buf, buf + total, &h, &why);
+    if (rc == MX_ERROR) {
+        proxy_fail(s, why ? why : "malformed PROXY header");
+        return;
+    }
+    if (rc == MX_AGAIN && total == cap) {
+        proxy_fail(s, "PROXY header too long");
+        return;
+    }
+    size_t take = rc == MX_DONE ? h.length - s->pp_have : (size_t)n;
+    ssize_t got = recv(s->fd, buf + s->pp_have, take, 0);
+    if (got != (ssize_t)take) {
+        proxy_fail(s, "short read of a peeked PROXY header");
+        return;
+    }
+    s->pp_have += take;
+    if (rc == MX_AGAIN)
+        return;
+
+    mx_buf_reset(&s->in);
+    if (h.local) {
+        s->health_check = 1; /* the socket's own addresses stay */
+    } else if (!h.unknown) {
+        s->peer = h.src;
+        s->local = h.dst;
+        set_peer_text(s);
+    }
+    if (mx_log_enabled(MX_LOG_DEBUG)) {
+        GString *l = mx_log_begin(MX_LOG_DEBUG, "proxy");
+        mx_log_kv(l, "sid", s->sid);
+        mx_log_kvi(l, "version", h.version);
+        mx_log_kv(l, "client", h.local ? "local" : h.unknown ? "unknown" : s->addr);
+        mx_log_end(l);
+    }
+    begin_smtp(s);
+}
+
 static void on_read(struct ev_loop *loop, ev_io *w, int revents)
 {
     mx_session *s = session_ref(w->data);
 
+    if (s->phase == MX_PHASE_PROXY) {
+        proxy_read(s);
+        goto out;
+    }
+    if (s->phase == MX_PHASE_TLS) {
+        if (s->ssl)
+            tls_step(s);
+        goto out;
+    }
     mx_buf_compact(&s->in);
     if (mx_buf_room(&s->in) == 0) {
         ev_io_stop(loop, w);
         goto out;
     }
-    ssize_t n = recv(s->fd, s->in.last, mx_buf_room(&s->in), 0);
+    ssize_t n = conn_recv(s, s->in.last, mx_buf_room(&s->in));
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         goto out;
     if (n == 0 && s->phase == MX_PHASE_BACKEND) {
@@ -994,6 +1294,12 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
     mx_session *s = session_ref(w->data);
     switch (s->phase) {
+    case MX_PHASE_PROXY:
+        proxy_fail(s, "no PROXY header in time");
+        break;
+    case MX_PHASE_TLS:
+        tls_fail(s, "handshake timed out");
+        break;
     case MX_PHASE_GREET:
         greet(s);
         break;
@@ -1034,23 +1340,14 @@ void mx_session_start(mx_worker *w, int fd, const struct sockaddr_storage *peer,
     s->cfg = mx_server_config(srv);
     s->fd = fd;
     s->peer = *peer;
+    s->implicit_tls = l->tls;
     s->started = g_get_monotonic_time();
     s->chunk_error = -1;
     s->link.data = s;
     mx_server_session_id(srv, s->sid);
     socklen_t ll = sizeof(s->local);
     getsockname(fd, (struct sockaddr *)&s->local, &ll);
-    if (peer->ss_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)peer;
-        inet_ntop(AF_INET, &in->sin_addr, s->addr, sizeof(s->addr));
-        s->port = ntohs(in->sin_port);
-    } else if (peer->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)peer;
-        inet_ntop(AF_INET6, &in6->sin6_addr, s->addr, sizeof(s->addr));
-        s->port = ntohs(in6->sin6_port);
-    } else {
-        g_strlcpy(s->addr, "unknown", sizeof(s->addr));
-    }
+    set_peer_text(s);
     mx_buf_alloc(&s->in, IN_SIZE);
     s->out = g_string_sized_new(256);
     ev_io_init(&s->rio, on_read, fd, EV_READ);
@@ -1058,7 +1355,7 @@ void mx_session_start(mx_worker *w, int fd, const struct sockaddr_storage *peer,
     ev_init(&s->timer, on_timer);
     s->rio.data = s->wio.data = s->timer.data = s;
     g_queue_push_tail_link(&w->sessions, &s->link);
-    int n = atomic_fetch_add(&srv->sessions, 1) + 1;
+    atomic_fetch_add(&srv->sessions, 1);
 
     if (mx_log_enabled(MX_LOG_DEBUG)) {
         GString *lg = mx_log_begin(MX_LOG_DEBUG, "connect");
@@ -1068,7 +1365,43 @@ void mx_session_start(mx_worker *w, int fd, const struct sockaddr_storage *peer,
         mx_log_end(lg);
     }
 
-    if (n > s->cfg->max_sessions || w->draining) {
+    if (l->proxy_protocol) {
+        /* Only the balancer may speak PROXY: anyone else could claim any
+         * address. No banner and no reply: the peer is not a client. */
+        if (!mx_config_net_match(s->cfg->proxy_nets, s->cfg->nproxy_nets, peer)) {
+            GString *lg = mx_log_begin(MX_LOG_WARNING, "proxy_refused");
+            mx_log_kv(lg, "sid", s->sid);
+            mx_log_kv(lg, "peer", s->addr);
+            mx_log_kv(lg, "why", "not in smtp.proxy_protocol_from");
+            mx_log_end(lg);
+            session_close(s, "proxy_not_allowed");
+            return;
+        }
+        s->phase = MX_PHASE_PROXY;
+        set_timer(s, s->cfg->proxy_timeout);
+        ev_io_start(w->loop, &s->rio);
+        return;
+    }
+    begin_smtp(s);
+}
+
+/* The client's real address is known: admission, then the banner. */
+static void begin_smtp(mx_session *s)
+{
+    mx_worker *w = s->w;
+    int fd = s->fd;
+    if (s->implicit_tls && !s->ssl) {
+        /* Port 465 style (RFC 8314): TLS first, the banner inside it. */
+        if (!s->cfg->tls_server) {
+            session_close(s, "tls_not_configured");
+            return;
+        }
+        s->after_tls_banner = 1;
+        s->phase = MX_PHASE_TLS;
+        tls_begin(s);
+        return;
+    }
+    if (atomic_load(&w->srv->sessions) > s->cfg->max_sessions || w->draining) {
         s->phase = MX_PHASE_CMD;
         reply(s, w->draining ? MX_R_SHUTDOWN : MX_R_TOO_MANY_SESSIONS, s->cfg->hostname);
         close_after_reply(s, w->draining ? "shutdown" : "too_many_sessions");
@@ -1083,7 +1416,7 @@ void mx_session_start(mx_worker *w, int fd, const struct sockaddr_storage *peer,
     /* Without a delay, still catch a client whose first bytes arrived
      * with its handshake: it did not wait for us. */
     char peek;
-    if (recv(fd, &peek, 1, MSG_PEEK | MSG_DONTWAIT) == 1) {
+    if (!s->ssl && recv(fd, &peek, 1, MSG_PEEK | MSG_DONTWAIT) == 1) {
         s->phase = MX_PHASE_CMD;
         reply(s, MX_R_PREGREET, NULL);
         log_reject(s, "connect", NULL, 0, MX_R_PREGREET, "pregreet");
