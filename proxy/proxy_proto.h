@@ -50,7 +50,9 @@ typedef struct mx_pp_header {
  */
 mx_rc mx_pp_parse(const char *p, const char *end, mx_pp_header *out, const char **why);
 
-/* CRC32C (Castagnoli), as used by the v2 CRC32C TLV. */
+/* CRC32C (Castagnoli), as used by the v2 CRC32C TLV. Start with crc = 0;
+ * pass an earlier result to continue over more bytes. The TLV holds the
+ * value big-endian. */
 uint32_t mx_pp_crc32c(uint32_t crc, const void *p, size_t len);
 
 #endif

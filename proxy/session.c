@@ -1201,6 +1201,8 @@ static void proxy_read(mx_session *s)
         return;
     }
     if (rc == MX_AGAIN && total == cap) {
+        /* v2 allows 16 + 65535 bytes; a balancer's header (addresses and
+         * a few TLVs) is far below the input buffer, so more is refused. */
         proxy_fail(s, "PROXY header too long");
         return;
     }

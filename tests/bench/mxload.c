@@ -5,8 +5,9 @@
  * session speaks the classic dialogue without pipelining, waiting for every
  * reply:
  *
- *   connect, 220 greeting, EHLO, MAIL, RCPT, DATA, 354, message + ".",
- *   250, [MAIL ... again, -m], QUIT, 221, close
+ *   connect, 220 greeting, EHLO, [STARTTLS, 220, TLS handshake, EHLO,]
+ *   MAIL, RCPT, DATA, 354, message + ".", 250, [MAIL ... again, -m],
+ *   QUIT, 221, close
  *
  * Every command is one write; the message (headers, body and the final
  * ".") is prepared once and sent with as few, large writes as the socket
@@ -16,8 +17,30 @@
  *
  * Latency of a message: from connect() (first message of a session) or from
  * sending MAIL (later messages of the same session) to the 250 that answers
- * the final dot.
+ * the final dot. With STARTTLS that includes the handshake.
  *
+ * STARTTLS (-S full | resume | reuse, OpenSSL): after the first EHLO reply
+ * the session sends STARTTLS, does the handshake (no certificate check: the
+ * benchmark talks to its own throwaway certificate), sends EHLO again and
+ * then the transaction, all inside TLS; QUIT is answered, then mxload sends
+ * close_notify and closes. All modes use the same client settings and
+ * accept session tickets.
+ *
+ *   full    never offers a session: every handshake is a full one.
+ *   resume  each connection slot keeps the newest ticket its previous
+ *           connection received (TLS 1.2: in the handshake; TLS 1.3: after
+ *           it, read along with the first reply) and offers it on its next
+ *           connection with SSL_set_session. Like any OpenSSL client, a
+ *           TLS 1.3 session is used once (RFC 8446 C.4): a server that
+ *           sends no new ticket on resumption gets a full handshake next.
+ *   reuse   as resume, but the slot offers a fresh copy of its newest
+ *           ticket (SSL_SESSION_dup), so a TLS 1.3 ticket is offered again
+ *           and again until a newer one arrives: resumption whether or not
+ *           the server renews tickets.
+ *
+ * A slot whose session failed (error, timeout) forgets its ticket. -V pins
+ * the protocol version (1.2 or 1.3; default: the highest both sides speak).
+ * *
  * Load mode runs -w seconds of warm-up, then -t measured seconds, then lets
  * the sessions in flight finish, and prints one line of key=value pairs:
  *
@@ -29,6 +52,13 @@
  *   errors, err_STATE  failed sessions, by the step that failed
  *   err_timeouts, err_closed_by_server, first_error="..."
  *   cpu_s              CPU seconds mxload itself used
+ *   with -S:
+ *   tls, tls_version, tls_cipher   mode, and the last handshake's result
+ *   tls_handshakes     completed handshakes, warm-up and drain included
+ *   tls_offered        of those, how many offered a saved session
+ *   tls_resumed        how many the server resumed (SSL_session_reused)
+ *   tls_tickets        session tickets received
+ *   tls_hs_mean_ms     mean time from ClientHello to the end of the handshake
  *
  * Idle mode (-I N) opens N sessions (at most 100 connecting at a time),
  * stops each after the EHLO reply, prints a "state=ready" line, holds them
@@ -42,6 +72,7 @@
 #endif
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -57,11 +88,17 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 enum state {
     S_FREE,       /* slot without a session */
     S_CONNECTING,
     S_GREETING,
     S_EHLO,
+    S_STARTTLS,   /* STARTTLS sent, waiting for 220 */
+    S_TLS,        /* TLS handshake in progress */
+    S_EHLO2,      /* EHLO again, inside TLS */
     S_MAIL,
     S_RCPT,
     S_DATA,
@@ -73,7 +110,8 @@ enum state {
 
 static const char *const state_name[S_NSTATES] = {
     [S_FREE] = "free",       [S_CONNECTING] = "connect", [S_GREETING] = "greeting",
-    [S_EHLO] = "ehlo",       [S_MAIL] = "mail",          [S_RCPT] = "rcpt",
+    [S_EHLO] = "ehlo",       [S_STARTTLS] = "starttls",  [S_TLS] = "tls",
+    [S_EHLO2] = "ehlo2",     [S_MAIL] = "mail",          [S_RCPT] = "rcpt",
     [S_DATA] = "data",       [S_DOT] = "dot",            [S_IDLE] = "idle",
     [S_QUIT] = "quit",
 };
@@ -93,6 +131,10 @@ struct conn {
     int msgs;         /* messages completed in this session */
     uint32_t events;  /* what epoll watches for */
     uint32_t gen;     /* bumped per session, so stale events are ignored */
+    SSL *ssl;         /* set from the STARTTLS 220 on */
+    SSL_SESSION *sess; /* -S resume/reuse: the slot's newest ticket, kept across sessions */
+    int quit_ok;      /* 221 to QUIT arrived: close with close_notify */
+    double t_hs;      /* handshake start */
 };
 
 /* ---- options and global state ---- */
@@ -112,6 +154,11 @@ static const char *opt_rcpt = "bench-rcpt@example.net";
 static const char *opt_latfile; /* -L: every counted latency, one a line */
 static int opt_idle = 0;
 static double opt_hold = 60.0;
+enum { TLS_OFF, TLS_FULL, TLS_RESUME, TLS_REUSE };
+static const char *const tls_mode_name[] = {"off", "full", "resume", "reuse"};
+static int opt_tls = TLS_OFF;
+static int opt_tls_version = 0; /* 0: the highest both sides speak */
+static SSL_CTX *tls_ctx;
 
 static int ep = -1;
 static struct conn *conns;
@@ -133,6 +180,9 @@ static long completed_total;
 static long sessions_started, sessions_ok;
 static long errors, err_by_state[S_NSTATES], err_timeouts, err_closed;
 static char first_error[200];
+static long tls_handshakes, tls_offered, tls_resumed, tls_tickets;
+static double tls_hs_time;
+static char tls_last_version[32] = "-", tls_last_cipher[64] = "-";
 
 static double now(void)
 {
@@ -165,7 +215,12 @@ static void usage(void)
           "  -H NAME   EHLO name\n"
           "  -L FILE   write each measured message as \"start_s latency_ms\" lines\n"
           "  -I N      idle mode: hold N sessions open after EHLO\n"
-          "  -h SECS   idle mode: longest hold (default 60)\n",
+          "  -h SECS   idle mode: longest hold (default 60)\n"
+          "  -S MODE   STARTTLS after EHLO: full (a full handshake every session),\n"
+          "            resume (each slot offers the ticket its previous session got;\n"
+          "            TLS 1.3 tickets once) or reuse (as resume, offering a ticket\n"
+          "            again until a newer one arrives)\n"
+          "  -V VER    with -S: TLS version 1.2 or 1.3 (default: highest possible)\n",
           stderr);
     exit(2);
 }
@@ -247,6 +302,21 @@ static void set_events(struct conn *c, uint32_t ev)
 
 static void close_conn(struct conn *c)
 {
+    if (c->ssl) {
+        if (c->quit_ok) {
+            /* close_notify, best effort: an SSL freed without it marks its
+             * session as not resumable */
+            ERR_clear_error();
+            SSL_shutdown(c->ssl);
+        }
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
+    if (!c->quit_ok && c->sess) { /* a failed session does not vouch for its ticket */
+        SSL_SESSION_free(c->sess);
+        c->sess = NULL;
+    }
+    c->quit_ok = 0;
     if (c->fd >= 0) {
         epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
         close(c->fd);
@@ -259,6 +329,24 @@ static void close_conn(struct conn *c)
 }
 
 static void start_session(struct conn *c);
+
+/* What went wrong in a TLS call, for first_error. */
+static const char *tls_error_text(int ssl_error)
+{
+    static char buf[160];
+    unsigned long e = ERR_get_error();
+    if (e) {
+        ERR_error_string_n(e, buf, sizeof(buf));
+        ERR_clear_error();
+        return buf;
+    }
+    if (ssl_error == SSL_ERROR_SYSCALL)
+        return errno ? strerror(errno) : "connection closed";
+    if (ssl_error == SSL_ERROR_ZERO_RETURN)
+        return "close_notify from the server";
+    snprintf(buf, sizeof(buf), "SSL error %d", ssl_error);
+    return buf;
+}
 
 /* A session ended (well or not); in load mode the slot starts another. */
 static void end_session(struct conn *c)
@@ -278,6 +366,22 @@ static void fail_session(struct conn *c, const char *fmt, const char *arg)
 static int flush_conn(struct conn *c)
 {
     while (c->wleft > 0) {
+        if (c->ssl) {
+            ERR_clear_error();
+            int n = SSL_write(c->ssl, c->wp, c->wleft > (size_t)INT_MAX ? INT_MAX : (int)c->wleft);
+            if (n > 0) {
+                c->wp += n;
+                c->wleft -= (size_t)n;
+                continue;
+            }
+            int e = SSL_get_error(c->ssl, n);
+            if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
+                set_events(c, EPOLLIN | (e == SSL_ERROR_WANT_WRITE ? EPOLLOUT : 0));
+                return 0;
+            }
+            fail_session(c, "TLS write: %s", tls_error_text(e));
+            return -1;
+        }
         ssize_t n = send(c->fd, c->wp, c->wleft, MSG_NOSIGNAL);
         if (n < 0 && errno == EINTR)
             continue;
@@ -355,6 +459,102 @@ static void record_message(struct conn *c, double t)
     }
 }
 
+/* ---- TLS ---- */
+
+/* A session ticket arrived (TLS 1.2: in the handshake; TLS 1.3: after it,
+ * read along with the first reply). In resume mode the slot keeps the
+ * newest one for its next connection. */
+static int on_new_session(SSL *ssl, SSL_SESSION *sess)
+{
+    struct conn *c = SSL_get_app_data(ssl);
+    tls_tickets++;
+    if (opt_tls == TLS_FULL || !c)
+        return 0; /* not kept: OpenSSL drops its reference */
+    if (c->sess)
+        SSL_SESSION_free(c->sess);
+    c->sess = sess;
+    return 1; /* the reference is ours now */
+}
+
+static void tls_init(void)
+{
+    tls_ctx = SSL_CTX_new(TLS_client_method());
+    if (!tls_ctx)
+        die("SSL_CTX_new failed");
+    /* the benchmark's own throwaway certificate: nothing to verify */
+    SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL);
+    if (opt_tls_version &&
+        (SSL_CTX_set_min_proto_version(tls_ctx, opt_tls_version) != 1 ||
+         SSL_CTX_set_max_proto_version(tls_ctx, opt_tls_version) != 1))
+        die("cannot pin the TLS version");
+    SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* Tickets go to on_new_session, in both modes (the same client work);
+     * OpenSSL's own client cache stays empty. */
+    SSL_CTX_set_session_cache_mode(tls_ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(tls_ctx, on_new_session);
+}
+
+/* Drive the non-blocking client handshake; once done, EHLO again. */
+static void tls_step(struct conn *c)
+{
+    ERR_clear_error();
+    int r = SSL_connect(c->ssl);
+    if (r != 1) {
+        int e = SSL_get_error(c->ssl, r);
+        if (e == SSL_ERROR_WANT_READ) {
+            set_events(c, EPOLLIN);
+            return;
+        }
+        if (e == SSL_ERROR_WANT_WRITE) {
+            set_events(c, EPOLLOUT);
+            return;
+        }
+        fail_session(c, "handshake: %s", tls_error_text(e));
+        return;
+    }
+    tls_handshakes++;
+    tls_hs_time += now() - c->t_hs;
+    if (SSL_session_reused(c->ssl))
+        tls_resumed++;
+    snprintf(tls_last_version, sizeof(tls_last_version), "%s", SSL_get_version(c->ssl));
+    snprintf(tls_last_cipher, sizeof(tls_last_cipher), "%s", SSL_get_cipher_name(c->ssl));
+    send_str(c, S_EHLO2, cmd_ehlo);
+}
+
+/* The 220 to STARTTLS has been read, and nothing after it. */
+static void tls_begin(struct conn *c)
+{
+    c->ssl = SSL_new(tls_ctx);
+    if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1)
+        die("SSL_new failed");
+    SSL_set_app_data(c->ssl, c);
+    if (opt_tls != TLS_FULL && c->sess) {
+        /* resume: this very session, which OpenSSL marks used (TLS 1.3);
+         * reuse: a copy, so the slot's own stays unused */
+        SSL_SESSION *offer = opt_tls == TLS_REUSE ? SSL_SESSION_dup(c->sess) : c->sess;
+        if (!offer || SSL_set_session(c->ssl, offer) != 1)
+            die("SSL_set_session failed");
+        if (offer != c->sess)
+            SSL_SESSION_free(offer); /* the SSL holds its own reference */
+        tls_offered++;
+    }
+    c->st = S_TLS;
+    c->t_hs = now();
+    c->deadline = c->t_hs + opt_timeout;
+    tls_step(c);
+}
+
+/* EHLO answered, in plaintext without -S, inside TLS with it. */
+static void after_ehlo(struct conn *c)
+{
+    if (opt_idle) {
+        c->st = S_IDLE;
+        c->deadline = 0;
+        return;
+    }
+    send_str(c, S_MAIL, cmd_mail);
+}
+
 /* One complete reply arrived in state c->st. */
 static void on_reply(struct conn *c, int code, const char *line)
 {
@@ -368,12 +568,22 @@ static void on_reply(struct conn *c, int code, const char *line)
         send_str(c, S_EHLO, cmd_ehlo);
         return;
     case S_EHLO:
-        if (opt_idle) {
-            c->st = S_IDLE;
-            c->deadline = 0;
+        if (opt_tls) {
+            send_str(c, S_STARTTLS, "STARTTLS\r\n");
             return;
         }
-        send_str(c, S_MAIL, cmd_mail);
+        after_ehlo(c);
+        return;
+    case S_STARTTLS:
+        if (code != 220) {
+            note_error(c, "%s", line);
+            end_session(c);
+            return;
+        }
+        c->st = S_TLS; /* parse_replies starts the handshake */
+        return;
+    case S_EHLO2:
+        after_ehlo(c);
         return;
     case S_MAIL:
         send_str(c, S_RCPT, cmd_rcpt);
@@ -410,6 +620,7 @@ static void on_reply(struct conn *c, int code, const char *line)
     }
     case S_QUIT:
         sessions_ok++;
+        c->quit_ok = 1;
         end_session(c);
         return;
     case S_IDLE:
@@ -474,6 +685,18 @@ static void parse_replies(struct conn *c)
         /* the session may have ended (and the slot started another): stop */
         if (c->gen != gen)
             return;
+        if (c->st == S_TLS && !c->ssl) {
+            /* RFC 3207: the handshake follows the 220 at once; anything
+             * after it in plaintext is the server's mistake */
+            if (off < c->rlen) {
+                note_error(c, "%s", "data after the 220 to STARTTLS");
+                end_session(c);
+                return;
+            }
+            c->rlen = 0;
+            tls_begin(c);
+            return;
+        }
         if (off >= c->rlen) {
             c->rlen = 0;
             return;
@@ -481,28 +704,72 @@ static void parse_replies(struct conn *c)
     }
 }
 
-/* One read per event: epoll is level-triggered, anything left wakes us
- * again. */
+/* Inside TLS: like recv(2), with -1 and errno EAGAIN for "wait". */
+static ssize_t tls_recv(struct conn *c, const char **why)
+{
+    ERR_clear_error();
+    int r = SSL_read(c->ssl, c->rbuf + c->rlen, (int)(RBUF - c->rlen));
+    if (r > 0)
+        return r;
+    int e = SSL_get_error(c->ssl, r);
+    switch (e) {
+    case SSL_ERROR_WANT_READ:
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_WANT_WRITE: /* e.g. a key update to answer */
+        set_events(c, EPOLLIN | EPOLLOUT);
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        if (ERR_peek_error() == 0 && errno == 0)
+            return 0; /* EOF without close_notify */
+        /* fall through */
+    default:
+        *why = tls_error_text(e);
+        errno = EPROTO;
+        return -1;
+    }
+}
+
+/* Plaintext: one read per event; epoll is level-triggered, anything left
+ * wakes us again. TLS: read until OpenSSL holds no decrypted bytes, which
+ * the socket would not signal again. */
 static void on_readable(struct conn *c)
 {
-    ssize_t n;
-    do
-        n = recv(c->fd, c->rbuf + c->rlen, RBUF - c->rlen, 0);
-    while (n < 0 && errno == EINTR);
-    if (n < 0 && errno == EAGAIN)
-        return;
-    if (n <= 0) {
-        if (n == 0)
-            err_closed++;
-        fail_session(c, "%s", n == 0 ? "connection closed by server" : strerror(errno));
-        return;
+    for (;;) {
+        ssize_t n;
+        const char *why = NULL;
+        if (c->ssl) {
+            n = tls_recv(c, &why);
+        } else {
+            do
+                n = recv(c->fd, c->rbuf + c->rlen, RBUF - c->rlen, 0);
+            while (n < 0 && errno == EINTR);
+        }
+        if (n < 0 && errno == EAGAIN)
+            return;
+        if (n <= 0) {
+            if (n == 0)
+                err_closed++;
+            fail_session(c, "%s", n == 0 ? "connection closed by server" : why ? why : strerror(errno));
+            return;
+        }
+        c->rlen += (size_t)n;
+        uint32_t gen = c->gen;
+        parse_replies(c);
+        if (c->gen != gen || !c->ssl || c->st == S_TLS || SSL_pending(c->ssl) == 0)
+            return;
     }
-    c->rlen += (size_t)n;
-    parse_replies(c);
 }
 
 static void on_event(struct conn *c, uint32_t ev)
 {
+    if (c->st == S_TLS) {
+        tls_step(c);
+        return;
+    }
     if (c->st == S_CONNECTING) {
         int err = 0;
         socklen_t len = sizeof(err);
@@ -516,7 +783,7 @@ static void on_event(struct conn *c, uint32_t ev)
         set_events(c, EPOLLIN);
         return;
     }
-    if (ev & EPOLLOUT) {
+    if ((ev & EPOLLOUT) || (c->ssl && c->wleft > 0)) { /* SSL_write may wait for input */
         uint32_t gen = c->gen;
         if (flush_conn(c) < 0 || c->gen != gen)
             return;
@@ -605,6 +872,17 @@ static void print_errors(void)
         printf(" first_error=\"%s\"", first_error);
 }
 
+static void print_tls(void)
+{
+    if (!opt_tls)
+        return;
+    printf(" tls=%s tls_version=%s tls_cipher=%s tls_handshakes=%ld tls_offered=%ld tls_resumed=%ld"
+           " tls_tickets=%ld tls_hs_mean_ms=%.3f",
+           tls_mode_name[opt_tls], tls_last_version, tls_last_cipher,
+           tls_handshakes, tls_offered, tls_resumed, tls_tickets,
+           tls_handshakes ? tls_hs_time / (double)tls_handshakes * 1e3 : 0.0);
+}
+
 static void dump_latencies(void)
 {
     FILE *f = fopen(opt_latfile, "w");
@@ -637,6 +915,7 @@ static void print_load_result(double elapsed)
            completed_total, sessions_started, sessions_ok, nlat, pct(50) * 1e3, pct(90) * 1e3, pct(99) * 1e3,
            nlat ? lat[nlat - 1] * 1e3 : 0.0, nlat ? sum / (double)nlat * 1e3 : 0.0, over40,
            self_cpu());
+    print_tls();
     print_errors();
     putchar('\n');
     fflush(stdout);
@@ -730,6 +1009,7 @@ static int run_idle(void)
             open++;
     printf("mode=idle state=ready target=%s requested=%d open=%d setup_s=%.3f", target_text,
            nconns, open, now() - t_start);
+    print_tls();
     print_errors();
     putchar('\n');
     fflush(stdout);
@@ -789,7 +1069,7 @@ static long parse_long(const char *s, const char *what)
 int main(int argc, char **argv)
 {
     int ch;
-    while ((ch = getopt(argc, argv, "c:s:m:t:w:n:T:H:L:I:h:")) != -1) {
+    while ((ch = getopt(argc, argv, "c:s:m:t:w:n:T:H:L:I:h:S:V:")) != -1) {
         switch (ch) {
         case 'c': opt_conc = (int)parse_long(optarg, "concurrency"); break;
         case 's': opt_size = (size_t)parse_long(optarg, "size"); break;
@@ -802,6 +1082,24 @@ int main(int argc, char **argv)
         case 'L': opt_latfile = optarg; break;
         case 'I': opt_idle = (int)parse_long(optarg, "idle sessions"); break;
         case 'h': opt_hold = parse_double(optarg, "hold"); break;
+        case 'S':
+            if (strcmp(optarg, "full") == 0)
+                opt_tls = TLS_FULL;
+            else if (strcmp(optarg, "resume") == 0)
+                opt_tls = TLS_RESUME;
+            else if (strcmp(optarg, "reuse") == 0)
+                opt_tls = TLS_REUSE;
+            else
+                die("bad -S: %s (full, resume or reuse)", optarg);
+            break;
+        case 'V':
+            if (strcmp(optarg, "1.2") == 0)
+                opt_tls_version = TLS1_2_VERSION;
+            else if (strcmp(optarg, "1.3") == 0)
+                opt_tls_version = TLS1_3_VERSION;
+            else
+                die("bad -V: %s (1.2 or 1.3)", optarg);
+            break;
         default: usage();
         }
     }
@@ -827,6 +1125,8 @@ int main(int argc, char **argv)
     snprintf(cmd_mail, sizeof(cmd_mail), "MAIL FROM:<%s>\r\n", opt_from);
     snprintf(cmd_rcpt, sizeof(cmd_rcpt), "RCPT TO:<%s>\r\n", opt_rcpt);
     build_message(opt_size);
+    if (opt_tls)
+        tls_init();
 
     int want_fds = (opt_idle > opt_conc ? opt_idle : opt_conc) + 64;
     struct rlimit rl;

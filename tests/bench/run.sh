@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # tests/bench/run.sh: throughput, latency and memory benchmark of mxgate.
 #
-# One command, about two minutes, traffic only on 127.0.0.1:
+# One command, about three minutes, traffic only on 127.0.0.1:
 #
-#   tests/bench/run.sh
+#   tests/bench/run.sh              # everything
+#   TLS=only tests/bench/run.sh     # only the STARTTLS part (about a minute)
+#   TLS=0 tests/bench/run.sh        # everything but STARTTLS (about two minutes)
 #
 # It starts one smtp-sink and one mxgate relaying to it (backend.forward=
 # xclient), drives the same load straight into the sink ("direct") and
 # through mxgate ("via"), and prints a table; then it holds idle sessions
-# open against a fresh mxgate to measure the memory one costs. See
-# tests/bench/README.md for what each number means.
+# open against a fresh mxgate to measure the memory one costs. The TLS part
+# runs a third mxgate with a throwaway self-signed certificate and a ticket
+# key file, and compares plaintext sessions with STARTTLS sessions doing
+# full and resumed handshakes: msgs/s, latency and mxgate's CPU per
+# handshake. See tests/bench/README.md for what each number means.
 #
 # This is a measurement, not a test: it exits 0 whether or not the targets
 # are met, and non-zero only when the benchmark itself could not run.
@@ -27,6 +32,12 @@
 #   IDLE_SESSIONS=1000
 #   KEEP=1           keep the work directory (logs, raw results)
 #   RAW=path         also copy the raw per-run results there
+#   TLS=1            1: also the STARTTLS part; 0: skip it; only: nothing else
+#   TLS_VERSIONS="1.3 1.2"   protocol versions, each measured on its own
+#   TLS_REPEAT=3     runs per TLS mode and version; the table shows medians
+#   TLS_KEY=rsa:2048 certificate key: rsa:BITS or ec:CURVE (e.g. ec:prime256v1)
+#   TLS_CONC=20      concurrent sessions in the TLS part
+#   TLS_SIZE=2048    message size in the TLS part (one message per session)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -41,6 +52,13 @@ MULTI=${MULTI:-10}
 WORKERS=${WORKERS:-0}
 IDLE_SESSIONS=${IDLE_SESSIONS:-1000}
 KEEP=${KEEP:-0}
+TLS=${TLS:-1}
+TLS_VERSIONS=${TLS_VERSIONS:-"1.3 1.2"}
+TLS_REPEAT=${TLS_REPEAT:-3}
+TLS_KEY=${TLS_KEY:-rsa:2048}
+TLS_CONC=${TLS_CONC:-20}
+TLS_SIZE=${TLS_SIZE:-2048}
+case "$TLS" in 0 | 1 | only) ;; *) echo "run.sh: TLS=$TLS: 0, 1 or only" >&2; exit 2 ;; esac
 
 # Targets, printed next to the numbers.
 TARGET_RATIO=0.50      # c=20, 2 KB: via msgs/s >= 50 % of direct
@@ -54,6 +72,8 @@ for tool in smtp-sink smtp-source ss awk; do
     command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] ||
         die "$tool not found (smtp-sink/smtp-source come with the postfix package)"
 done
+[ "$TLS" = 0 ] || command -v openssl >/dev/null 2>&1 ||
+    die "openssl not found (the TLS part makes its certificate with it; TLS=0 skips it)"
 export PATH="$PATH:/usr/sbin"
 
 # ---- processes we start, and their cleanup ----
@@ -122,8 +142,8 @@ if [ -n "${MXLOAD:-}" ]; then
     MXLOAD_BIN=$MXLOAD
 else
     MXLOAD_BIN=$WORK/mxload
-    ${CC:-cc} -std=c11 -O2 -Wall -Wextra -o "$MXLOAD_BIN" "$HERE/mxload.c" ||
-        die "cannot compile mxload.c"
+    ${CC:-cc} -std=c11 -O2 -Wall -Wextra -o "$MXLOAD_BIN" "$HERE/mxload.c" -lssl -lcrypto ||
+        die "cannot compile mxload.c (it needs the OpenSSL headers: libssl-dev)"
 fi
 
 # Every idle session is one descriptor in mxload and one in mxgate.
@@ -170,14 +190,24 @@ kv() { # kv KEY LINE: the value of KEY=... in a result line
 status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 CLK_TCK=$(getconf CLK_TCK)
+# Ticks the whole machine was busy, and all ticks, from /proc/stat.
+machine_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
+# Background: CPU that neither the sink, mxgate nor mxload used, as a share
+# of the machine. Other work on the box makes the numbers noisy.
+bg_pct() { # bg_pct BUSY_TICKS ALL_TICKS DAEMON_TICKS MXLOAD_CPU_S
+    awk -v b="$1" -v a="$2" -v ours="$3" -v l="$4" -v hz="$CLK_TCK" \
+        'BEGIN { x = a > 0 ? (b - ours - l * hz) / a * 100 : 0; printf "%.0f", (x < 0 ? 0 : x) }'
+}
 
-start_mxgate() { # start_mxgate NAME PORT: sets MX_PID
-    "$MXGATE_BIN" -o "smtp.listen=127.0.0.1:$2" -o "backend.servers=127.0.0.1:$SINK_PORT" \
+start_mxgate() { # start_mxgate NAME PORT [-o opt=value ...]: sets MX_PID
+    local name=$1 port=$2
+    shift 2
+    "$MXGATE_BIN" -o "smtp.listen=127.0.0.1:$port" -o "backend.servers=127.0.0.1:$SINK_PORT" \
         -o backend.forward=xclient -o admin.listen= -o log.level=warning \
-        -o "smtp.workers=$WORKERS" -o smtp.drain_timeout=2 >"$WORK/$1.log" 2>&1 &
+        -o "smtp.workers=$WORKERS" -o smtp.drain_timeout=2 "$@" >"$WORK/$name.log" 2>&1 &
     MX_PID=$!
     PIDS+=("$MX_PID")
-    wait_listen "$2" "$MX_PID" "$1"
+    wait_listen "$port" "$MX_PID" "$name"
 }
 
 # ---- start the sink ----
@@ -199,155 +229,322 @@ git_rev=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "?")
 nworkers=$WORKERS
 [ "$nworkers" = 0 ] && nworkers="$(nproc) (one per core)"
 
-# ---- idle sessions: memory per session, on a fresh mxgate ----
+if [ "$TLS" != only ]; then
+    # ---- idle sessions: memory per session, on a fresh mxgate ----
 
-IDLE_PORT=$(pick_port)
-start_mxgate mxgate-idle "$IDLE_PORT"
-IDLE_PID=$MX_PID
-# Warm up: the first sessions on each worker thread create its malloc
-# arena and touch the code; that is a one-off, not a per-session cost.
-"$MXLOAD_BIN" -I 50 -h 0 "127.0.0.1:$IDLE_PORT" >"$WORK/idle-warmup.out" 2>&1 || true
-sleep 0.3
-idle_rss_before=$(status_kib "$IDLE_PID" VmRSS)
-"$MXLOAD_BIN" -I "$IDLE_SESSIONS" -h 60 "127.0.0.1:$IDLE_PORT" >"$WORK/idle.out" 2>"$WORK/idle.err" &
-IDLE_LOAD_PID=$!
-PIDS+=("$IDLE_LOAD_PID")
-for _ in $(seq 300); do
-    grep -q 'state=ready' "$WORK/idle.out" 2>/dev/null && break
-    kill -0 "$IDLE_LOAD_PID" 2>/dev/null || break
-    sleep 0.1
-done
-idle_ready=$(grep 'state=ready' "$WORK/idle.out" || true)
-[ -n "$idle_ready" ] || { cat "$WORK/idle.err" >&2; die "idle sessions did not open"; }
-sleep 0.5 # let both workers finish with the last EHLOs
-idle_open=$(kv open "$idle_ready")
-idle_rss_after=$(status_kib "$IDLE_PID" VmRSS)
-idle_fds=$(find "/proc/$IDLE_PID/fd" -mindepth 1 -maxdepth 1 | wc -l)
-kill -USR1 "$IDLE_LOAD_PID"
-wait "$IDLE_LOAD_PID" || true
-forget_pid "$IDLE_LOAD_PID"
-idle_done=$(grep 'state=done' "$WORK/idle.out" || true)
-sleep 0.3
-idle_rss_closed=$(status_kib "$IDLE_PID" VmRSS)
-stop_pid "$IDLE_PID"
-e1=$(kv errors "$idle_ready") e2=$(kv errors "$idle_done")
-idle_errors=$(( ${e1:-0} + ${e2:-0} ))
-[ -n "$idle_done" ] || idle_errors="$idle_errors (mxload did not finish the QUITs)"
-idle_kib=$(awk -v a="$idle_rss_after" -v b="$idle_rss_before" -v n="$idle_open" \
-    'BEGIN { if (n > 0) printf "%.2f", (a - b) / n; else print "n/a" }')
+    IDLE_PORT=$(pick_port)
+    start_mxgate mxgate-idle "$IDLE_PORT"
+    IDLE_PID=$MX_PID
+    # Warm up: the first sessions on each worker thread create its malloc
+    # arena and touch the code; that is a one-off, not a per-session cost.
+    "$MXLOAD_BIN" -I 50 -h 0 "127.0.0.1:$IDLE_PORT" >"$WORK/idle-warmup.out" 2>&1 || true
+    sleep 0.3
+    idle_rss_before=$(status_kib "$IDLE_PID" VmRSS)
+    "$MXLOAD_BIN" -I "$IDLE_SESSIONS" -h 60 "127.0.0.1:$IDLE_PORT" >"$WORK/idle.out" 2>"$WORK/idle.err" &
+    IDLE_LOAD_PID=$!
+    PIDS+=("$IDLE_LOAD_PID")
+    for _ in $(seq 300); do
+        grep -q 'state=ready' "$WORK/idle.out" 2>/dev/null && break
+        kill -0 "$IDLE_LOAD_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    idle_ready=$(grep 'state=ready' "$WORK/idle.out" || true)
+    [ -n "$idle_ready" ] || { cat "$WORK/idle.err" >&2; die "idle sessions did not open"; }
+    sleep 0.5 # let both workers finish with the last EHLOs
+    idle_open=$(kv open "$idle_ready")
+    idle_rss_after=$(status_kib "$IDLE_PID" VmRSS)
+    idle_fds=$(find "/proc/$IDLE_PID/fd" -mindepth 1 -maxdepth 1 | wc -l)
+    kill -USR1 "$IDLE_LOAD_PID"
+    wait "$IDLE_LOAD_PID" || true
+    forget_pid "$IDLE_LOAD_PID"
+    idle_done=$(grep 'state=done' "$WORK/idle.out" || true)
+    sleep 0.3
+    idle_rss_closed=$(status_kib "$IDLE_PID" VmRSS)
+    stop_pid "$IDLE_PID"
+    e1=$(kv errors "$idle_ready") e2=$(kv errors "$idle_done")
+    idle_errors=$(( ${e1:-0} + ${e2:-0} ))
+    [ -n "$idle_done" ] || idle_errors="$idle_errors (mxload did not finish the QUITs)"
+    idle_kib=$(awk -v a="$idle_rss_after" -v b="$idle_rss_before" -v n="$idle_open" \
+        'BEGIN { if (n > 0) printf "%.2f", (a - b) / n; else print "n/a" }')
 
-# ---- load: direct and via mxgate ----
+    # ---- load: direct and via mxgate ----
 
-MX_PORT=$(pick_port)
-start_mxgate mxgate "$MX_PORT"
-LOAD_PID=$MX_PID
+    MX_PORT=$(pick_port)
+    start_mxgate mxgate "$MX_PORT"
+    LOAD_PID=$MX_PID
 
-# Check the setup end to end before measuring anything.
-for port in "$SINK_PORT" "$MX_PORT"; do
-    out=$("$MXLOAD_BIN" -c 4 -n 200 -w 0 -t 10 "127.0.0.1:$port" 2>&1) ||
-        { log "$out"; tail -5 "$WORK/mxgate.log" >&2; die "sanity run against port $port failed"; }
-done
+    # Check the setup end to end before measuring anything.
+    for port in "$SINK_PORT" "$MX_PORT"; do
+        out=$("$MXLOAD_BIN" -c 4 -n 200 -w 0 -t 10 "127.0.0.1:$port" 2>&1) ||
+            { log "$out"; tail -5 "$WORK/mxgate.log" >&2; die "sanity run against port $port failed"; }
+    done
 
-RUNS=$WORK/runs.txt
-: >"$RUNS"
+    RUNS=$WORK/runs.txt
+    : >"$RUNS"
 
-# Ticks the whole machine was busy, and all ticks, from /proc/stat.
-machine_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
+    run_one() { # run_one ID REP MODE PORT CONC SIZE PER
+        local id=$1 rep=$2 mode=$3 port=$4 conc=$5 size=$6 per=$7
+        local line m0 m1 s0 s1 busy0 all0 busy1 all1 cpu=- rss=- hwm=- bg
+        echo 5 >"/proc/$LOAD_PID/clear_refs" 2>/dev/null || true # reset VmHWM
+        m0=$(cpu_ticks "$LOAD_PID")
+        s0=$(cpu_ticks "$SINK_PID")
+        read -r busy0 all0 < <(machine_ticks)
+        line=$("$MXLOAD_BIN" -c "$conc" -s "$size" -m "$per" -t "$DURATION" -w "$WARMUP" \
+            "127.0.0.1:$port" 2>>"$WORK/mxload.err") || true
+        read -r busy1 all1 < <(machine_ticks)
+        m1=$(cpu_ticks "$LOAD_PID")
+        s1=$(cpu_ticks "$SINK_PID")
+        [ -n "$line" ] || die "mxload printed nothing (see $WORK/mxload.err)"
+        bg=$(bg_pct $((busy1 - busy0)) $((all1 - all0)) $((m1 - m0 + s1 - s0)) "$(kv cpu_s "$line")")
+        if [ "$mode" = via ]; then
+            cpu=$(awk -v t=$((m1 - m0)) -v hz="$CLK_TCK" -v n="$(kv total_msgs "$line")" \
+                'BEGIN { printf "%.0f", (n > 0 ? t / hz * 1e6 / n : 0) }')
+            rss=$(status_kib "$LOAD_PID" VmRSS)
+            hwm=$(status_kib "$LOAD_PID" VmHWM)
+        fi
+        echo "id=$id rep=$rep path=$mode cpu_us=$cpu rss_kib=$rss hwm_kib=$hwm bg_pct=$bg $line" >>"$RUNS"
+    }
 
-run_one() { # run_one ID REP MODE PORT CONC SIZE PER
-    local id=$1 rep=$2 mode=$3 port=$4 conc=$5 size=$6 per=$7
-    local line m0 m1 s0 s1 busy0 all0 busy1 all1 cpu=- rss=- hwm=- bg
-    echo 5 >"/proc/$LOAD_PID/clear_refs" 2>/dev/null || true # reset VmHWM
-    m0=$(cpu_ticks "$LOAD_PID")
-    s0=$(cpu_ticks "$SINK_PID")
-    read -r busy0 all0 < <(machine_ticks)
-    line=$("$MXLOAD_BIN" -c "$conc" -s "$size" -m "$per" -t "$DURATION" -w "$WARMUP" \
-        "127.0.0.1:$port" 2>>"$WORK/mxload.err") || true
-    read -r busy1 all1 < <(machine_ticks)
-    m1=$(cpu_ticks "$LOAD_PID")
-    s1=$(cpu_ticks "$SINK_PID")
-    [ -n "$line" ] || die "mxload printed nothing (see $WORK/mxload.err)"
-    # Background: CPU that neither the sink, mxgate nor mxload used, as a
-    # share of the machine. Other work on the box makes the numbers noisy.
-    bg=$(awk -v b=$((busy1 - busy0)) -v a=$((all1 - all0)) -v ours=$((m1 - m0 + s1 - s0)) \
-        -v l="$(kv cpu_s "$line")" -v hz="$CLK_TCK" \
-        'BEGIN { x = a > 0 ? (b - ours - l * hz) / a * 100 : 0; printf "%.0f", (x < 0 ? 0 : x) }')
-    if [ "$mode" = via ]; then
-        cpu=$(awk -v t=$((m1 - m0)) -v hz="$CLK_TCK" -v n="$(kv total_msgs "$line")" \
-            'BEGIN { printf "%.0f", (n > 0 ? t / hz * 1e6 / n : 0) }')
-        rss=$(status_kib "$LOAD_PID" VmRSS)
-        hwm=$(status_kib "$LOAD_PID" VmHWM)
+    SCEN=() # "id conc size per"
+    for size in $SIZES; do
+        for conc in $CONCS; do
+            SCEN+=("s${size}c${conc}m1 $conc $size 1")
+        done
+    done
+    if [ "$MULTI" -gt 1 ]; then
+        for conc in $CONCS; do
+            SCEN+=("s2048c${conc}m$MULTI $conc 2048 $MULTI")
+        done
     fi
-    echo "id=$id rep=$rep path=$mode cpu_us=$cpu rss_kib=$rss hwm_kib=$hwm bg_pct=$bg $line" >>"$RUNS"
-}
 
-SCEN=() # "id conc size per"
-for size in $SIZES; do
-    for conc in $CONCS; do
-        SCEN+=("s${size}c${conc}m1 $conc $size 1")
+    nruns=$(( ${#SCEN[@]} * REPEAT * 2 ))
+    log "mxgate benchmark: ${#SCEN[@]} scenarios x $REPEAT repeats x (direct, via), ${DURATION}s + ${WARMUP}s warm-up each ($nruns runs)"
+    k=0
+    for sc in "${SCEN[@]}"; do
+        read -r id conc size per <<<"$sc"
+        for rep in $(seq "$REPEAT"); do
+            run_one "$id" "$rep" direct "$SINK_PORT" "$conc" "$size" "$per"
+            run_one "$id" "$rep" via "$MX_PORT" "$conc" "$size" "$per"
+            k=$((k + 2))
+            printf '\r  %d/%d runs' "$k" "$nruns" >&2
+        done
     done
-done
-if [ "$MULTI" -gt 1 ]; then
-    for conc in $CONCS; do
-        SCEN+=("s2048c${conc}m$MULTI $conc 2048 $MULTI")
-    done
+    printf '\n' >&2
+
+    # ---- cross-check with smtp-source: c=20, 2 KB, one message per session ----
+
+    # smtp-source -l counts the body only; its headers (From, To, Date,
+    # Message-Id) add about 150 bytes.
+    direct_rate=$(awk '/^id=s2048c20m1 rep=[0-9]+ path=direct / { for (i = 1; i <= NF; i++)
+        if ($i ~ /^msgs_per_s=/) { sub(/.*=/, "", $i); print $i; exit } }' "$RUNS")
+    src_n=$(awk -v r="${direct_rate:-2000}" -v d="$DURATION" \
+        'BEGIN { n = int(r * d * 1.5); if (n < 2000) n = 2000; if (n > 50000) n = 50000; print n }')
+    src_run() { # src_run PORT: prints msgs/s, or "failed"
+        local t0 t1
+        t0=$(date +%s%N)
+        if smtp-source -s 20 -m "$src_n" -l 1900 -f bench-sender@example.com \
+            -t bench-rcpt@example.net "127.0.0.1:$1" >>"$WORK/smtp-source.log" 2>&1; then
+            t1=$(date +%s%N)
+            awk -v n="$src_n" -v ns=$((t1 - t0)) 'BEGIN { printf "%.1f", n / (ns / 1e9) }'
+        else
+            echo failed
+        fi
+    }
+    src_direct=$(src_run "$SINK_PORT")
+    src_via=$(src_run "$MX_PORT")
+
+    mx_warnings=$(grep -cE 'level=(warning|error)' "$WORK/mxgate.log" || true)
+    mx_alive=yes
+    kill -0 "$LOAD_PID" 2>/dev/null || mx_alive="NO (it exited; see its log)"
 fi
 
-nruns=$(( ${#SCEN[@]} * REPEAT * 2 ))
-log "mxgate benchmark: ${#SCEN[@]} scenarios x $REPEAT repeats x (direct, via), ${DURATION}s + ${WARMUP}s warm-up each ($nruns runs)"
-k=0
-for sc in "${SCEN[@]}"; do
-    read -r id conc size per <<<"$sc"
-    for rep in $(seq "$REPEAT"); do
-        run_one "$id" "$rep" direct "$SINK_PORT" "$conc" "$size" "$per"
-        run_one "$id" "$rep" via "$MX_PORT" "$conc" "$size" "$per"
-        k=$((k + 2))
-        printf '\r  %d/%d runs' "$k" "$nruns" >&2
+# ---- TLS: STARTTLS with full and resumed handshakes, against plaintext ----
+
+if [ "$TLS" != 0 ]; then
+    TLS_DIR=$WORK/tls
+    mkdir -p "$TLS_DIR"
+    case "$TLS_KEY" in
+        rsa:[0-9]*) keyopt=(-newkey "$TLS_KEY") ;;
+        ec:?*) keyopt=(-newkey ec -pkeyopt "ec_paramgen_curve:${TLS_KEY#ec:}") ;;
+        *) die "TLS_KEY=$TLS_KEY: rsa:BITS or ec:CURVE" ;;
+    esac
+    # A throwaway self-signed certificate (mxload does not verify it) and
+    # one 80-byte session ticket key, as a fleet would share them.
+    openssl req -x509 "${keyopt[@]}" -nodes -days 2 -subj "/CN=mxgate-bench.invalid" \
+        -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" >"$WORK/openssl.log" 2>&1 ||
+        { cat "$WORK/openssl.log" >&2; die "openssl req failed (TLS_KEY=$TLS_KEY)"; }
+    (umask 077 && head -c 80 /dev/urandom >"$TLS_DIR/ticket.key")
+    TLS_PORT=$(pick_port)
+    # The same settings as the plaintext mxgate, plus the certificate.
+    start_mxgate mxgate-tls "$TLS_PORT" -o "tls.cert=$TLS_DIR/cert.pem" \
+        -o "tls.key=$TLS_DIR/key.pem" -o "tls.ticket_keys=$TLS_DIR/ticket.key"
+    TLS_PID=$MX_PID
+
+    TLS_PLAN=() # "version modes..."
+    for ver in $TLS_VERSIONS; do
+        case "$ver" in
+            # reuse differs from resume only where a client uses a ticket once
+            1.3) TLS_PLAN+=("1.3 plain full resume reuse") ;;
+            1.2) TLS_PLAN+=("1.2 plain full resume") ;;
+            *) die "TLS_VERSIONS: $ver is not 1.2 or 1.3" ;;
+        esac
+        out=$("$MXLOAD_BIN" -c 4 -n 100 -w 0 -t 10 -S resume -V "$ver" "127.0.0.1:$TLS_PORT" 2>&1) ||
+            { log "$out"; tail -5 "$WORK/mxgate-tls.log" >&2; die "TLS $ver sanity run failed"; }
     done
-done
-printf '\n' >&2
 
-# ---- cross-check with smtp-source: c=20, 2 KB, one message per session ----
+    TLS_RUNS=$WORK/tls-runs.txt
+    : >"$TLS_RUNS"
+    run_tls_one() { # run_tls_one VERSION REP MODE
+        local ver=$1 rep=$2 mode=$3 line m0 m1 s0 s1 busy0 all0 busy1 all1 cpu bg tls=()
+        [ "$mode" = plain ] || tls=(-S "$mode" -V "$ver")
+        m0=$(cpu_ticks "$TLS_PID")
+        s0=$(cpu_ticks "$SINK_PID")
+        read -r busy0 all0 < <(machine_ticks)
+        line=$("$MXLOAD_BIN" -c "$TLS_CONC" -s "$TLS_SIZE" -m 1 -t "$DURATION" -w "$WARMUP" \
+            "${tls[@]}" "127.0.0.1:$TLS_PORT" 2>>"$WORK/mxload.err") || true
+        read -r busy1 all1 < <(machine_ticks)
+        m1=$(cpu_ticks "$TLS_PID")
+        s1=$(cpu_ticks "$SINK_PID")
+        [ -n "$line" ] || die "mxload printed nothing (see $WORK/mxload.err)"
+        bg=$(bg_pct $((busy1 - busy0)) $((all1 - all0)) $((m1 - m0 + s1 - s0)) "$(kv cpu_s "$line")")
+        # mxgate's CPU over the whole run (warm-up and drain included) per
+        # message, i.e. per session and per handshake
+        cpu=$(awk -v t=$((m1 - m0)) -v hz="$CLK_TCK" -v n="$(kv total_msgs "$line")" \
+            'BEGIN { printf "%.1f", (n > 0 ? t / hz * 1e6 / n : 0) }')
+        echo "id=tls$ver rep=$rep path=$mode cpu_us=$cpu bg_pct=$bg $line" >>"$TLS_RUNS"
+    }
 
-# smtp-source -l counts the body only; its headers (From, To, Date,
-# Message-Id) add about 150 bytes.
-direct_rate=$(awk '/^id=s2048c20m1 rep=[0-9]+ path=direct / { for (i = 1; i <= NF; i++)
-    if ($i ~ /^msgs_per_s=/) { sub(/.*=/, "", $i); print $i; exit } }' "$RUNS")
-src_n=$(awk -v r="${direct_rate:-2000}" -v d="$DURATION" \
-    'BEGIN { n = int(r * d * 1.5); if (n < 2000) n = 2000; if (n > 50000) n = 50000; print n }')
-src_run() { # src_run PORT: prints msgs/s, or "failed"
-    local t0 t1
-    t0=$(date +%s%N)
-    if smtp-source -s 20 -m "$src_n" -l 1900 -f bench-sender@example.com \
-        -t bench-rcpt@example.net "127.0.0.1:$1" >>"$WORK/smtp-source.log" 2>&1; then
-        t1=$(date +%s%N)
-        awk -v n="$src_n" -v ns=$((t1 - t0)) 'BEGIN { printf "%.1f", n / (ns / 1e9) }'
-    else
-        echo failed
-    fi
-}
-src_direct=$(src_run "$SINK_PORT")
-src_via=$(src_run "$MX_PORT")
+    ntls=0
+    for plan in "${TLS_PLAN[@]}"; do
+        read -ra words <<<"$plan"
+        ntls=$((ntls + (${#words[@]} - 1) * TLS_REPEAT))
+    done
+    log "TLS: versions $TLS_VERSIONS x $TLS_REPEAT repeats x (plain, full, resume[, reuse]), ${DURATION}s + ${WARMUP}s warm-up each ($ntls runs)"
+    k=0
+    for plan in "${TLS_PLAN[@]}"; do
+        read -r ver modes <<<"$plan"
+        for rep in $(seq "$TLS_REPEAT"); do
+            for mode in $modes; do
+                run_tls_one "$ver" "$rep" "$mode"
+                k=$((k + 1))
+                printf '\r  %d/%d runs' "$k" "$ntls" >&2
+            done
+        done
+    done
+    printf '\n' >&2
+    tls_warnings=$(grep -cE 'level=(warning|error)' "$WORK/mxgate-tls.log" || true)
+    tls_alive=yes
+    kill -0 "$TLS_PID" 2>/dev/null || tls_alive="NO (it exited; see its log)"
+fi
 
 LOAD_END=$(loadavg)
 T1=$(date +%s)
-mx_warnings=$(grep -cE 'level=(warning|error)' "$WORK/mxgate.log" || true)
-mx_alive=yes
-kill -0 "$LOAD_PID" 2>/dev/null || mx_alive="NO (it exited; see its log)"
 
 # ---- report ----
 
-[ -z "${RAW:-}" ] || cp "$RUNS" "$RAW"
+if [ -n "${RAW:-}" ]; then
+    cat "${RUNS:-/dev/null}" "${TLS_RUNS:-/dev/null}" >"$RAW"
+fi
 
 echo
 echo "mxgate benchmark  $(date -u +%Y-%m-%dT%H:%M:%SZ)  $mxgate_version (tree $git_rev)"
 echo "machine: $(nproc) CPUs, $(uname -sr); mxgate workers: $nworkers; load average at start: $LOAD_START"
-echo "each run: ${WARMUP}s warm-up + ${DURATION}s measured; $REPEAT runs per path, medians shown; direct and via runs alternate; via/direct = median of the paired runs' ratios"
-echo "load: mxload, classic SMTP without pipelining, TCP_NODELAY; 'per sess' = messages per SMTP session"
-echo "latency: connect (or MAIL, for later messages of a session) -> 250 after the final dot"
-echo
+if [ "$TLS" != only ]; then
+    echo "each run: ${WARMUP}s warm-up + ${DURATION}s measured; $REPEAT runs per path, medians shown; direct and via runs alternate; via/direct = median of the paired runs' ratios"
+    echo "load: mxload, classic SMTP without pipelining, TCP_NODELAY; 'per sess' = messages per SMTP session"
+    echo "latency: connect (or MAIL, for later messages of a session) -> 250 after the final dot"
+    echo
 
-awk -v tr="$TARGET_RATIO" -v tp="$TARGET_ADDED_P50" '
+    awk -v tr="$TARGET_RATIO" -v tp="$TARGET_ADDED_P50" '
+    function med(key,   n, i, j, t, a) {
+        n = cnt[key]
+        if (n == 0) return ""
+        for (i = 1; i <= n; i++) a[i] = val[key, i]
+        for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+        return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    function put(key, v) { cnt[key]++; val[key, cnt[key]] = v }
+    {
+        delete f
+        for (i = 1; i <= NF; i++) { k = $i; sub(/=.*/, "", k); v = $i; sub(/^[^=]*=/, "", v); f[k] = v }
+        id = f["id"]; m = f["path"]
+        if (!(id in seen)) { seen[id] = 1; order[++nid] = id; conc[id] = f["conc"]; size[id] = f["size"]; per[id] = f["per_session"] }
+        put(id SUBSEP m SUBSEP "rate", f["msgs_per_s"])
+        rate[id, f["rep"], m] = f["msgs_per_s"]
+        if (m == "via" && rate[id, f["rep"], "direct"] > 0)
+            put(id SUBSEP "ratio", f["msgs_per_s"] / rate[id, f["rep"], "direct"])
+        put(id SUBSEP m SUBSEP "p50", f["p50_ms"])
+        put(id SUBSEP m SUBSEP "p99", f["p99_ms"])
+        err[id, m] += f["errors"]
+        slow[id, m] += f["over_40ms"]
+        if (m == "via") {
+            put(id SUBSEP "cpu", f["cpu_us"]); rss[id] = f["rss_kib"]
+            if (f["hwm_kib"] + 0 > hwm[id] + 0) hwm[id] = f["hwm_kib"]
+        }
+        put(id SUBSEP "bg", f["bg_pct"])
+    }
+    END {
+        hdr = sprintf("%-20s %8s %8s %6s | %7s %7s %7s | %7s %7s | %7s %8s | %6s %11s | %4s", \
+            "scenario", "direct", "via", "via/", "p50 dir", "p50 via", "added", "p99 dir", "p99 via", \
+            "errors", "msgs", "mxgate", "mxgate KiB", "bg")
+        print hdr
+        printf "%-20s %8s %8s %6s | %7s %7s %7s | %7s %7s | %7s %8s | %6s %11s | %4s\n", \
+            "size conc per-sess", "msgs/s", "msgs/s", "direct", "ms", "ms", "p50 ms", "ms", "ms", \
+            "dir/via", ">=40ms", "us/msg", "RSS/HWM", "CPU%"
+        gsub(/./, "-", hdr); print hdr
+        for (i = 1; i <= nid; i++) {
+            id = order[i]
+            rd = med(id SUBSEP "direct" SUBSEP "rate"); rv = med(id SUBSEP "via" SUBSEP "rate")
+            pd = med(id SUBSEP "direct" SUBSEP "p50"); pv = med(id SUBSEP "via" SUBSEP "p50")
+            qd = med(id SUBSEP "direct" SUBSEP "p99"); qv = med(id SUBSEP "via" SUBSEP "p99")
+            ratio = med(id SUBSEP "ratio") + 0 # median of the per-repeat via/direct pairs
+            sz = size[id] >= 1024 ? sprintf("%dKB", size[id] / 1024 + 0.5) : size[id] "B"
+            name = sprintf("%-5s c=%-3d %s", sz, conc[id], per[id])
+            printf "%-20s %8.0f %8.0f %6.2f | %7.3f %7.3f %7.3f | %7.2f %7.2f | %3d/%-3d %3d/%-4d | %6s %5s/%-5s | %4s\n", \
+                name, rd, rv, ratio, pd, pv, pv - pd, qd, qv, err[id, "direct"], err[id, "via"], \
+                slow[id, "direct"], slow[id, "via"], med(id SUBSEP "cpu"), rss[id], hwm[id], med(id SUBSEP "bg")
+            if (med(id SUBSEP "bg") + 0 > 5) noisy = noisy " " sz "/c=" conc[id] "/" per[id]
+            if (size[id] == 2048 && conc[id] == 20 && per[id] == 1) t_ratio = ratio
+            if (conc[id] == 1 && per[id] == 1) { t_added[++nadd] = sprintf("%s %.3f", sz, pv - pd); t_ok[nadd] = ((pv - pd) <= tp) }
+        }
+        if (noisy != "")
+            print "note: other processes used more than 5% of the CPUs during" noisy "; those rows are disturbed (direct suffers most); rerun on a quiet machine"
+        print ""
+        print "targets:"
+        if (t_ratio != "")
+            printf "  c=20, 2KB, 1 msg/session: via/direct = %.2f  (target >= %.2f)  %s\n", t_ratio, tr, (t_ratio >= tr ? "met" : "NOT MET")
+        for (i = 1; i <= nadd; i++) {
+            split(t_added[i], p, " ")
+            printf "  c=1, %s, 1 msg/session: added p50 = %.3f ms  (target <= %.1f ms)  %s\n", p[1], p[2], tp, (t_ok[i] ? "met" : "NOT MET")
+        }
+    }' "$RUNS"
+
+    awk -v k="$idle_kib" -v t="$TARGET_IDLE_KIB" -v n="$idle_open" \
+        'BEGIN { printf "  idle sessions: %s KiB per session over %s sessions  (target <= %d KiB)  %s\n", k, n, t, ((k != "n/a" && k + 0 <= t) ? "met" : "NOT MET") }'
+
+    echo
+    echo "idle sessions (fresh mxgate, after a 50-session warm-up): requested $IDLE_SESSIONS, open $idle_open," \
+        "errors $idle_errors; mxgate VmRSS $idle_rss_before KiB before, $idle_rss_after KiB with them open" \
+        "($idle_fds descriptors), $idle_rss_closed KiB after QUIT"
+    src_ratio=$(awk -v a="$src_via" -v b="$src_direct" 'BEGIN { if (b + 0 > 0 && a + 0 > 0) printf "%.2f", a / b; else print "n/a" }')
+    echo "smtp-source cross-check (c=20, ~2 KB, 1 msg/session, $src_n messages): direct $src_direct msgs/s," \
+        "via $src_via msgs/s, via/direct $src_ratio"
+    echo "mxgate: still running after the load: $mx_alive; warning/error log lines: $mx_warnings"
+    if [ "${mx_warnings:-0}" -gt 0 ]; then
+        grep -E 'level=(warning|error)' "$WORK/mxgate.log" | sort | uniq -c | sort -rn | head -5 | cut -c1-300
+    fi
+    { grep -h "first_error" "$RUNS" || true; } | sed 's/.*\(id=[^ ]*\) \(rep=[^ ]*\) \(path=[^ ]*\).*\(first_error=.*\)/  \1 \2 \3 \4/' | head -5
+fi
+if [ "$TLS" != 0 ]; then
+    echo
+    echo "TLS: STARTTLS to mxgate (xclient, plaintext to smtp-sink); $TLS_SIZE-byte messages, 1 per session, c=$TLS_CONC;" \
+        "self-signed $TLS_KEY certificate; tls.ticket_keys set"
+    echo "each run: ${WARMUP}s warm-up + ${DURATION}s measured; $TLS_REPEAT runs per row, medians shown; the modes of a version alternate;" \
+        "'vs plain' and '+us vs plain' are medians of each run against the plain run before it"
+    echo "modes: plain = no STARTTLS (same mxgate); full = full handshake every session; resume = each slot offers the newest ticket" \
+        "it got (a TLS 1.3 ticket once, as OpenSSL clients do); reuse = offers it again until a newer one arrives"
+    echo
+    awk '
 function med(key,   n, i, j, t, a) {
     n = cnt[key]
     if (n == 0) return ""
@@ -359,71 +556,93 @@ function put(key, v) { cnt[key]++; val[key, cnt[key]] = v }
 {
     delete f
     for (i = 1; i <= NF; i++) { k = $i; sub(/=.*/, "", k); v = $i; sub(/^[^=]*=/, "", v); f[k] = v }
-    id = f["id"]; m = f["path"]
-    if (!(id in seen)) { seen[id] = 1; order[++nid] = id; conc[id] = f["conc"]; size[id] = f["size"]; per[id] = f["per_session"] }
+    id = f["id"]; m = f["path"]; r = f["rep"]
+    if (!(id in seen)) { seen[id] = 1; order[++nid] = id }
+    if (!((id, m) in mseen)) { mseen[id, m] = 1; mode[id, ++nm[id]] = m }
+    if (r + 0 > maxrep) maxrep = r + 0
     put(id SUBSEP m SUBSEP "rate", f["msgs_per_s"])
-    rate[id, f["rep"], m] = f["msgs_per_s"]
-    if (m == "via" && rate[id, f["rep"], "direct"] > 0)
-        put(id SUBSEP "ratio", f["msgs_per_s"] / rate[id, f["rep"], "direct"])
     put(id SUBSEP m SUBSEP "p50", f["p50_ms"])
     put(id SUBSEP m SUBSEP "p99", f["p99_ms"])
+    put(id SUBSEP m SUBSEP "cpu", f["cpu_us"])
+    put(id SUBSEP m SUBSEP "bg", f["bg_pct"])
+    if (f["total_msgs"] > 0) put(id SUBSEP m SUBSEP "mxl", f["cpu_s"] * 1e6 / f["total_msgs"])
+    hs[id, m] += f["tls_handshakes"]; res[id, m] += f["tls_resumed"]; tik[id, m] += f["tls_tickets"]
     err[id, m] += f["errors"]
-    slow[id, m] += f["over_40ms"]
-    if (m == "via") {
-        put(id SUBSEP "cpu", f["cpu_us"]); rss[id] = f["rss_kib"]
-        if (f["hwm_kib"] + 0 > hwm[id] + 0) hwm[id] = f["hwm_kib"]
-    }
-    put(id SUBSEP "bg", f["bg_pct"])
+    if (f["tls_version"] != "" && f["tls_version"] != "-") { ver[id] = f["tls_version"]; ciph[id] = f["tls_cipher"] }
+    cpu_of[id, r, m] = f["cpu_us"]; rate_of[id, r, m] = f["msgs_per_s"]; have[id, r, m] = 1
 }
 END {
-    hdr = sprintf("%-20s %8s %8s %6s | %7s %7s %7s | %7s %7s | %7s %8s | %6s %11s | %4s", \
-        "scenario", "direct", "via", "via/", "p50 dir", "p50 via", "added", "p99 dir", "p99 via", \
-        "errors", "msgs", "mxgate", "mxgate KiB", "bg")
+    for (i = 1; i <= nid; i++) {
+        id = order[i]
+        for (r = 1; r <= maxrep; r++) {
+            if (!((id, r, "plain") in have)) continue
+            for (j = 1; j <= nm[id]; j++) {
+                m = mode[id, j]
+                if (m == "plain" || !((id, r, m) in have)) continue
+                put(id SUBSEP m SUBSEP "d", cpu_of[id, r, m] - cpu_of[id, r, "plain"])
+                if (rate_of[id, r, "plain"] > 0) put(id SUBSEP m SUBSEP "ratio", rate_of[id, r, m] / rate_of[id, r, "plain"])
+            }
+        }
+    }
+    hdr = sprintf("%-8s %-7s %7s %6s | %6s %6s | %7s %7s %7s | %6s %7s %9s | %6s | %6s | %4s", \
+        "TLS", "mode", "msgs/s", "vs", "p50", "p99", "hand-", "resumed", "tickets", "mxgate", "+us vs", "us per", \
+        "mxload", "errors", "bg")
     print hdr
-    printf "%-20s %8s %8s %6s | %7s %7s %7s | %7s %7s | %7s %8s | %6s %11s | %4s\n", \
-        "size conc per-sess", "msgs/s", "msgs/s", "direct", "ms", "ms", "p50 ms", "ms", "ms", \
-        "dir/via", ">=40ms", "us/msg", "RSS/HWM", "CPU%"
+    printf "%-8s %-7s %7s %6s | %6s %6s | %7s %7s %7s | %6s %7s %9s | %6s | %6s | %4s\n", \
+        "", "", "", "plain", "ms", "ms", "shakes", "", "per hs", "us/msg", "plain", "handshake", "us/msg", "", "CPU%"
     gsub(/./, "-", hdr); print hdr
     for (i = 1; i <= nid; i++) {
         id = order[i]
-        rd = med(id SUBSEP "direct" SUBSEP "rate"); rv = med(id SUBSEP "via" SUBSEP "rate")
-        pd = med(id SUBSEP "direct" SUBSEP "p50"); pv = med(id SUBSEP "via" SUBSEP "p50")
-        qd = med(id SUBSEP "direct" SUBSEP "p99"); qv = med(id SUBSEP "via" SUBSEP "p99")
-        ratio = med(id SUBSEP "ratio") + 0 # median of the per-repeat via/direct pairs
-        sz = size[id] >= 1024 ? sprintf("%dKB", size[id] / 1024 + 0.5) : size[id] "B"
-        name = sprintf("%-5s c=%-3d %s", sz, conc[id], per[id])
-        printf "%-20s %8.0f %8.0f %6.2f | %7.3f %7.3f %7.3f | %7.2f %7.2f | %3d/%-3d %3d/%-4d | %6s %5s/%-5s | %4s\n", \
-            name, rd, rv, ratio, pd, pv, pv - pd, qd, qv, err[id, "direct"], err[id, "via"], \
-            slow[id, "direct"], slow[id, "via"], med(id SUBSEP "cpu"), rss[id], hwm[id], med(id SUBSEP "bg")
-        if (med(id SUBSEP "bg") + 0 > 5) noisy = noisy " " sz "/c=" conc[id] "/" per[id]
-        if (size[id] == 2048 && conc[id] == 20 && per[id] == 1) t_ratio = ratio
-        if (conc[id] == 1 && per[id] == 1) { t_added[++nadd] = sprintf("%s %.3f", sz, pv - pd); t_ok[nadd] = ((pv - pd) <= tp) }
+        dfull = med(id SUBSEP "full" SUBSEP "d")
+        tpf = hs[id, "full"] > 0 ? tik[id, "full"] / hs[id, "full"] : 0 # tickets per full handshake
+        best = ""; bestf = -1
+        for (j = 1; j <= nm[id]; j++) {
+            m = mode[id, j]
+            fr = hs[id, m] > 0 ? res[id, m] / hs[id, m] : 0
+            d = med(id SUBSEP m SUBSEP "d")
+            if (m == "plain") { sv = "1.00"; sd = "-"; sh = "-"; shs = "-"; sr = "-"; st = "-" }
+            else {
+                sv = sprintf("%.2f", med(id SUBSEP m SUBSEP "ratio"))
+                sd = sprintf("%+.0f", d)
+                shs = sprintf("%d", hs[id, m])
+                sr = sprintf("%.1f%%", fr * 100)
+                st = sprintf("%.2f", hs[id, m] > 0 ? tik[id, m] / hs[id, m] : 0)
+                if (m == "full") { sh = sprintf("%.0f", d); full_hs[id] = d }
+                else if (fr > 0 && dfull != "") {
+                    # the full handshakes in the mix cost what the full row says
+                    ph = (d - (1 - fr) * dfull) / fr
+                    sh = sprintf("%.0f", ph)
+                    if (fr > bestf) { bestf = fr; best = m; best_hs = ph; best_d = d }
+                } else sh = "-"
+                if (m != "full" && fr < 0.9 && hs[id, m] > 0) {
+                    rh = res[id, m]
+                    tpr = rh > 0 ? (tik[id, m] - tpf * (hs[id, m] - rh)) / rh : 0
+                    notes[++nnotes] = sprintf("%s %s: only %.0f%% of handshakes were resumed; mxgate sent %.2f tickets per resumed handshake (%.2f per full one)", \
+                        ver[id], m, fr * 100, (tpr < 0 ? 0 : tpr), tpf)
+                }
+            }
+            printf "%-8s %-7s %7.0f %6s | %6.2f %6.2f | %7s %7s %7s | %6.0f %7s %9s | %6.0f | %6d | %4s\n", \
+                (j == 1 ? ver[id] : ""), m, med(id SUBSEP m SUBSEP "rate"), sv, med(id SUBSEP m SUBSEP "p50"), \
+                med(id SUBSEP m SUBSEP "p99"), shs, sr, st, med(id SUBSEP m SUBSEP "cpu"), sd, sh, \
+                med(id SUBSEP m SUBSEP "mxl"), err[id, m], med(id SUBSEP m SUBSEP "bg")
+            if (med(id SUBSEP m SUBSEP "bg") + 0 > 5) noisy = noisy " " ver[id] "/" m
+        }
+        line = sprintf("  %s (%s): CPU per full handshake %s us", ver[id], ciph[id], (dfull == "" ? "n/a" : sprintf("%.0f", dfull)))
+        if (best != "")
+            line = line sprintf("; per resumed handshake %.0f us (%s, %.1f%% resumed; %+.0f us/msg over plain)", best_hs, best, bestf * 100, best_d)
+        summary[++nsum] = line
     }
     if (noisy != "")
-        print "note: other processes used more than 5% of the CPUs during" noisy "; those rows are disturbed (direct suffers most); rerun on a quiet machine"
+        print "note: other processes used more than 5% of the CPUs during" noisy "; those rows are disturbed"
     print ""
-    print "targets:"
-    if (t_ratio != "")
-        printf "  c=20, 2KB, 1 msg/session: via/direct = %.2f  (target >= %.2f)  %s\n", t_ratio, tr, (t_ratio >= tr ? "met" : "NOT MET")
-    for (i = 1; i <= nadd; i++) {
-        split(t_added[i], p, " ")
-        printf "  c=1, %s, 1 msg/session: added p50 = %.3f ms  (target <= %.1f ms)  %s\n", p[1], p[2], tp, (t_ok[i] ? "met" : "NOT MET")
-    }
-}' "$RUNS"
-
-awk -v k="$idle_kib" -v t="$TARGET_IDLE_KIB" -v n="$idle_open" \
-    'BEGIN { printf "  idle sessions: %s KiB per session over %s sessions  (target <= %d KiB)  %s\n", k, n, t, ((k != "n/a" && k + 0 <= t) ? "met" : "NOT MET") }'
-
-echo
-echo "idle sessions (fresh mxgate, after a 50-session warm-up): requested $IDLE_SESSIONS, open $idle_open," \
-    "errors $idle_errors; mxgate VmRSS $idle_rss_before KiB before, $idle_rss_after KiB with them open" \
-    "($idle_fds descriptors), $idle_rss_closed KiB after QUIT"
-src_ratio=$(awk -v a="$src_via" -v b="$src_direct" 'BEGIN { if (b + 0 > 0 && a + 0 > 0) printf "%.2f", a / b; else print "n/a" }')
-echo "smtp-source cross-check (c=20, ~2 KB, 1 msg/session, $src_n messages): direct $src_direct msgs/s," \
-    "via $src_via msgs/s, via/direct $src_ratio"
-echo "mxgate: still running after the load: $mx_alive; warning/error log lines: $mx_warnings"
-if [ "${mx_warnings:-0}" -gt 0 ]; then
-    grep -E 'level=(warning|error)' "$WORK/mxgate.log" | sort | uniq -c | sort -rn | head -5 | cut -c1-300
+    print "mxgate CPU per handshake (user + system, /proc/PID/stat, over plaintext sessions on the same mxgate):"
+    for (i = 1; i <= nsum; i++) print summary[i]
+    for (i = 1; i <= nnotes; i++) print "note: " notes[i]
+}' "$TLS_RUNS"
+    echo "mxgate (TLS): still running after the load: $tls_alive; warning/error log lines: $tls_warnings"
+    if [ "${tls_warnings:-0}" -gt 0 ]; then
+        grep -E 'level=(warning|error)' "$WORK/mxgate-tls.log" | sort | uniq -c | sort -rn | head -5 | cut -c1-300
+    fi
+    { grep -h "first_error" "$TLS_RUNS" || true; } | sed 's/.*\(id=[^ ]*\) \(rep=[^ ]*\) \(path=[^ ]*\).*\(first_error=.*\)/  \1 \2 \3 \4/' | head -5
 fi
-{ grep -h "first_error" "$RUNS" || true; } | sed 's/.*\(id=[^ ]*\) \(rep=[^ ]*\) \(path=[^ ]*\).*\(first_error=.*\)/  \1 \2 \3 \4/' | head -5
 echo "load average at end: $LOAD_END; wall time $((T1 - T0)) s"

@@ -12,6 +12,8 @@ the log must hold a line for every session.
 import os
 import random
 import socket
+import ssl
+import subprocess
 import sys
 import time
 
@@ -89,6 +91,75 @@ class TestGarbage(mt.IntegrationCase):
         mt.wait_until(lambda: len(gw.events("disconnect")) >= SESSIONS // 2, 15,
                       what="disconnect lines")
         gw.stop()  # asserts exit 0: a leak or UB report under ASan fails here
+
+
+V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def hostile_proxy_header(rng):
+    kind = rng.randrange(6)
+    if kind == 0:
+        return b"PROXY TCP4 192.0.2.%d 198.51.100.1 %d 25\r\n" % (rng.randrange(256), rng.randrange(70000))
+    if kind == 1:
+        return b"PROXY " + bytes(rng.randrange(256) for _ in range(rng.randrange(0, 150)))
+    if kind == 2:  # v2 with a random declared length and random body
+        n = rng.randrange(0, 600)
+        body = bytes(rng.randrange(256) for _ in range(rng.randrange(0, n + 20)))
+        return V2_SIG + bytes([0x20 | rng.randrange(3), rng.randrange(256)]) + n.to_bytes(2, "big") + body
+    if kind == 3:  # v2 LOCAL health check, well formed
+        return V2_SIG + b"\x20\x00\x00\x00"
+    if kind == 4:
+        return V2_SIG[:rng.randrange(1, 12)]
+    return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
+
+
+class TestGarbageProxyAndTls(mt.IntegrationCase):
+    def test_hostile_headers_and_handshakes_leave_the_gateway_serving(self):
+        fake = self.fake()
+        cert = os.path.join(self.tmp, "cert.pem")
+        key = os.path.join(self.tmp, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=mx.test", "-keyout", key, "-out", cert],
+                       check=True, capture_output=True, timeout=60)
+        pp_port, tls_port = mt.free_port(), mt.free_port()
+        gw = self.mxgate([fake], conf={
+            "smtp.listen": "%s:%d proxy_protocol;%s:%d tls" % (mt.HOST, pp_port, mt.HOST, tls_port),
+            "smtp.proxy_timeout": "1", "tls.cert": cert, "tls.key": key,
+            "tls.handshake_timeout": "2", "smtp.idle_timeout": "5"}, start=False)
+        gw.start(wait=False)
+        mt.wait_listening(tls_port, 15, proc=gw.proc)
+        mt.wait_listening(pp_port, 15, proc=gw.proc)
+        rng = random.Random(SEED)
+        t0 = time.monotonic()
+        for i in range(SESSIONS // 2):
+            port = pp_port if i % 2 == 0 else tls_port
+            try:
+                s = socket.create_connection((mt.HOST, port), timeout=3)
+                s.settimeout(0.3)
+                if port == pp_port:
+                    s.sendall(hostile_proxy_header(rng) + junk(rng))
+                else:  # a TLS record header then noise, or a real ClientHello cut short
+                    s.sendall(b"\x16\x03\x01" + bytes(rng.randrange(256) for _ in range(rng.randrange(0, 400))))
+                try:
+                    s.recv(4096)
+                except (socket.timeout, OSError):
+                    pass
+                s.close()
+            except OSError:
+                pass
+            if time.monotonic() - t0 > 120:
+                break
+        # a proper PROXY session still works, and so does implicit TLS
+        with socket.create_connection((mt.HOST, pp_port), timeout=5) as s:
+            s.sendall(b"PROXY TCP4 192.0.2.7 198.51.100.1 4000 25\r\n")
+            self.assertTrue(s.recv(512).startswith(b"220 "))
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with socket.create_connection((mt.HOST, tls_port), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname="mx.test") as t:
+                self.assertTrue(t.recv(512).startswith(b"220 "))
+        gw.stop()
 
 
 if __name__ == "__main__":
