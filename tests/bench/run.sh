@@ -395,7 +395,7 @@ if [ "$TLS" != 0 ]; then
     TLS_RUNS=$WORK/tls-runs.txt
     : >"$TLS_RUNS"
     run_tls_one() { # run_tls_one VERSION REP MODE
-        local ver=$1 rep=$2 mode=$3 line m0 m1 s0 s1 busy0 all0 busy1 all1 cpu bg tls=()
+        local ver=$1 rep=$2 mode=$3 line m0 m1 s0 s1 busy0 all0 busy1 all1 n cpu bg tls=()
         [ "$mode" = plain ] || tls=(-S "$mode" -V "$ver")
         m0=$(cpu_ticks "$TLS_PID")
         s0=$(cpu_ticks "$SINK_PID")
@@ -408,8 +408,11 @@ if [ "$TLS" != 0 ]; then
         [ -n "$line" ] || die "mxload printed nothing (see $WORK/mxload.err)"
         bg=$(bg_pct $((busy1 - busy0)) $((all1 - all0)) $((m1 - m0 + s1 - s0)) "$(kv cpu_s "$line")")
         # mxgate's CPU over the whole run (warm-up and drain included) per
-        # message, i.e. per session and per handshake
-        cpu=$(awk -v t=$((m1 - m0)) -v hz="$CLK_TCK" -v n="$(kv total_msgs "$line")" \
+        # handshake; plain: per message. One message per session, so both
+        # are per session as long as no session fails.
+        n=$(kv total_msgs "$line")
+        [ "$mode" = plain ] || n=$(kv tls_handshakes "$line")
+        cpu=$(awk -v t=$((m1 - m0)) -v hz="$CLK_TCK" -v n="$n" \
             'BEGIN { printf "%.1f", (n > 0 ? t / hz * 1e6 / n : 0) }')
         echo "id=tls$ver rep=$rep path=$mode cpu_us=$cpu bg_pct=$bg $line" >>"$TLS_RUNS"
     }
