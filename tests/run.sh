@@ -61,7 +61,8 @@ export CC=clang
 run_suite fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMX_FUZZ=ON \
     -DMX_FUZZ_SECONDS="$fuzz_seconds" || status=1
 
-echo "mxgate test suite (release, sanitize, fuzz): $total_passed passed, $total_failed failed"
+echo "mxgate test suite, release + sanitize + fuzz builds:"
+echo "total: $total_passed passed, $total_failed failed"
 if [ $status -ne 0 ] && [ $total_failed -eq 0 ]; then
     echo "mxgate test suite: FAILED (a build or configure step failed)"
 fi
