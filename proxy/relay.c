@@ -130,44 +130,12 @@ static void tls_step(mx_relay *r);
 
 static ssize_t rconn_read(mx_relay *r, void *buf, size_t n)
 {
-    if (!r->ssl)
-        return read(r->fd, buf, n);
-    ERR_clear_error();
-    int k = SSL_read(r->ssl, buf, (int)MIN(n, (size_t)G_MAXINT));
-    if (k > 0)
-        return k;
-    switch (SSL_get_error(r->ssl, k)) {
-    case SSL_ERROR_WANT_READ:
-    case SSL_ERROR_WANT_WRITE:
-        errno = EAGAIN;
-        return -1;
-    case SSL_ERROR_ZERO_RETURN:
-        return 0;
-    case SSL_ERROR_SYSCALL:
-        return errno == 0 ? 0 : -1;
-    default:
-        errno = EPROTO;
-        return -1;
-    }
+    return mx_tls_recv(r->ssl, r->fd, buf, n);
 }
 
 static ssize_t rconn_write(mx_relay *r, const void *buf, size_t n)
 {
-    if (!r->ssl)
-        return write(r->fd, buf, n);
-    ERR_clear_error();
-    int k = SSL_write(r->ssl, buf, (int)MIN(n, (size_t)G_MAXINT));
-    if (k > 0)
-        return k;
-    switch (SSL_get_error(r->ssl, k)) {
-    case SSL_ERROR_WANT_READ:
-    case SSL_ERROR_WANT_WRITE:
-        errno = EAGAIN;
-        return -1;
-    default:
-        errno = EPIPE;
-        return -1;
-    }
+    return mx_tls_send(r->ssl, r->fd, buf, n);
 }
 static void on_write(struct ev_loop *loop, ev_io *w, int revents);
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents);

@@ -303,49 +303,14 @@ static void bad_command(mx_session *s, mx_reply_id id, const char *arg, const ch
 
 /* ---- the connection: plain or TLS ---- */
 
-/* Like recv(2): >0 bytes, 0 at EOF, -1 with errno (EAGAIN: wait). */
 static ssize_t conn_recv(mx_session *s, void *buf, size_t n)
 {
-    if (!s->ssl)
-        return recv(s->fd, buf, n, 0);
-    ERR_clear_error();
-    int r = SSL_read(s->ssl, buf, (int)MIN(n, (size_t)INT_MAX));
-    if (r > 0)
-        return r;
-    switch (SSL_get_error(s->ssl, r)) {
-    case SSL_ERROR_WANT_READ:
-    case SSL_ERROR_WANT_WRITE:
-        errno = EAGAIN;
-        return -1;
-    case SSL_ERROR_ZERO_RETURN:
-        return 0;
-    case SSL_ERROR_SYSCALL:
-        if (errno == 0)
-            return 0; /* EOF without close_notify */
-        return -1;
-    default:
-        errno = EPROTO;
-        return -1;
-    }
+    return mx_tls_recv(s->ssl, s->fd, buf, n);
 }
 
 static ssize_t conn_send(mx_session *s, const void *buf, size_t n)
 {
-    if (!s->ssl)
-        return send(s->fd, buf, n, MSG_NOSIGNAL);
-    ERR_clear_error();
-    int r = SSL_write(s->ssl, buf, (int)MIN(n, (size_t)INT_MAX));
-    if (r > 0)
-        return r;
-    switch (SSL_get_error(s->ssl, r)) {
-    case SSL_ERROR_WANT_READ:
-    case SSL_ERROR_WANT_WRITE:
-        errno = EAGAIN;
-        return -1;
-    default:
-        errno = EPIPE;
-        return -1;
-    }
+    return mx_tls_send(s->ssl, s->fd, buf, n);
 }
 
 /* ---- output ---- */

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <glib.h>
 #include <openssl/core_names.h>
@@ -210,6 +211,48 @@ void mx_tls_free(mx_tls *t)
         g_free(t->keys);
     }
     g_free(t);
+}
+
+ssize_t mx_tls_recv(SSL *ssl, int fd, void *buf, size_t n)
+{
+    if (!ssl)
+        return recv(fd, buf, n, 0);
+    ERR_clear_error();
+    int r = SSL_read(ssl, buf, (int)MIN(n, (size_t)G_MAXINT));
+    if (r > 0)
+        return r;
+    switch (SSL_get_error(ssl, r)) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE:
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        return errno == 0 ? 0 : -1; /* 0: EOF without close_notify */
+    default:
+        errno = EPROTO;
+        return -1;
+    }
+}
+
+ssize_t mx_tls_send(SSL *ssl, int fd, const void *buf, size_t n)
+{
+    if (!ssl)
+        return send(fd, buf, n, MSG_NOSIGNAL);
+    ERR_clear_error();
+    int r = SSL_write(ssl, buf, (int)MIN(n, (size_t)G_MAXINT));
+    if (r > 0)
+        return r;
+    switch (SSL_get_error(ssl, r)) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE:
+        errno = EAGAIN;
+        return -1;
+    default:
+        errno = EPIPE;
+        return -1;
+    }
 }
 
 SSL_CTX *mx_tls_ctx(mx_tls *t) { return t->ctx; }

@@ -17,6 +17,8 @@
 #ifndef MX_TLS_H
 #define MX_TLS_H
 
+#include <sys/types.h>
+
 #include <openssl/ssl.h>
 
 typedef struct mx_tls mx_tls;
@@ -29,6 +31,11 @@ mx_tls *mx_tls_client_new(const struct mx_config *cfg, char **err);
 void mx_tls_free(mx_tls *t);
 
 SSL_CTX *mx_tls_ctx(mx_tls *t);
+
+/* recv(2)/send(2) over a socket that may carry TLS (ssl NULL: plain):
+ * >0 bytes, 0 at EOF, -1 with errno (EAGAIN: wait for the socket). */
+ssize_t mx_tls_recv(SSL *ssl, int fd, void *buf, size_t n);
+ssize_t mx_tls_send(SSL *ssl, int fd, const void *buf, size_t n);
 int mx_tls_nkeys(const mx_tls *t);
 
 /* "TLSv1.3 TLS_AES_256_GCM_SHA384" style summary of an established SSL. */
