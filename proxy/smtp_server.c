@@ -1,0 +1,550 @@
+/*
+ * smtp_server.c: the SMTP server side of a session (RFC 5321, 1870, 2920,
+ * 3030, 3207, 3461, 6152, 6531) and its relay to the backend.
+ *
+ * Owns: command handling, the transaction (s->txn), the message spool, the
+ * Received header, and mirroring MAIL/RCPT/DATA to the session's relay.
+ * While the backend works on a command the session is in MX_PHASE_BACKEND
+ * and parsing pauses, so replies leave in order; the client gets the
+ * backend's reply, so our 250 is always the backend's.
+ * Not here: buffers and the read/write loop (session.c), the PROXY header
+ * and TLS handshakes (conn.c).
+ */
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "session_int.h"
+#include "tls.h"
+
+static void relay_done(void *owner, mx_relay_status st, const mx_reply *r);
+
+static void relay_client(mx_session *s)
+{
+    mx_relay_client cl = {
+        .peer = s->peer,
+        .local = s->local,
+        .addr = s->addr,
+        .port = s->port,
+        .name = NULL,
+        .helo = s->helo,
+        .proto = s->esmtp ? "ESMTP" : "SMTP",
+        .sid = s->sid,
+    };
+    if (!s->relay)
+        s->relay = mx_relay_acquire(&s->w->pool, s->cfg, s->sid, relay_done, s);
+    mx_relay_set_client(s->relay, &cl);
+}
+
+static void wait_backend(mx_session *s, mx_cmd_verb v)
+{
+    s->pending = v;
+    s->phase = MX_PHASE_BACKEND;
+    mx_session_set_timer(s, 0); /* the relay times the backend */
+    /* No flush here: a failed write would close the session under the
+     * caller's feet. mx_session_process() and relay_done() flush on their way out, so
+     * earlier pipelined replies still leave before we wait. */
+}
+
+static mx_reply_id failure_reply(mx_relay_status st)
+{
+    switch (st) {
+    case MX_RELAY_DOWN: return MX_R_BACKEND_DOWN;
+    case MX_RELAY_TIMEOUT: return MX_R_BACKEND_TIMEOUT;
+    case MX_RELAY_PROTO: return MX_R_BACKEND_PROTO;
+    default: return MX_R_BACKEND_LOST;
+    }
+}
+
+/* Reset the backend's transaction too, then give reply id (MX_R__COUNT:
+ * the reply was already queued). */
+static void rset_then_reply(mx_session *s, mx_reply_id id, const char *arg)
+{
+    mx_session_txn_reset(s);
+    if (s->relay && mx_relay_connected(s->relay)) {
+        s->after_rset = id;
+        g_strlcpy(s->after_rset_arg, arg ? arg : "", sizeof(s->after_rset_arg));
+        wait_backend(s, MX_CMD_RSET);
+        mx_relay_rset(s->relay);
+        return;
+    }
+    if (id != MX_R__COUNT)
+        mx_session_reply(s, id, arg);
+}
+
+static void relay_done(void *owner, mx_relay_status st, const mx_reply *r)
+{
+    mx_session *s = mx_session_ref(owner);
+    g_assert(s->phase == MX_PHASE_BACKEND);
+    mx_cmd_verb v = s->pending;
+    s->pending = MX_CMD_UNKNOWN;
+    int ok = st == MX_RELAY_REPLY && r->code / 100 == 2;
+    mx_reply_id fail_id = failure_reply(st);
+
+    mx_session_to_cmd_phase(s);
+
+    switch (v) {
+    case MX_CMD_MAIL:
+        if (st == MX_RELAY_REPLY)
+            mx_session_reply_relayed(s, r);
+        else
+            mx_session_reply(s, fail_id, NULL);
+        if (ok) {
+            s->txn.active = 1;
+        } else {
+            if (st != MX_RELAY_REPLY)
+                mx_session_log_reject(s, "mail", NULL, 0, fail_id, mx_relay_error(s->relay));
+            mx_session_txn_reset(s);
+        }
+        break;
+    case MX_CMD_RCPT:
+        if (st == MX_RELAY_REPLY) {
+            mx_session_reply_relayed(s, r);
+            if (ok)
+                s->txn.nrcpt++;
+            else
+                g_clear_pointer(&s->txn.first_rcpt, g_free);
+        } else {
+            mx_session_reply(s, fail_id, NULL);
+            mx_session_log_reject(s, "rcpt", NULL, 0, fail_id, mx_relay_error(s->relay));
+            mx_session_txn_reset(s); /* the backend transaction is gone with the connection */
+        }
+        break;
+    case MX_CMD_RSET:
+        /* Whatever the backend said, the client's RSET succeeded: a
+         * backend that cannot reset is dropped and reconnected later. */
+        if (!ok && s->relay) {
+            mx_relay_free(s->relay);
+            s->relay = NULL;
+        }
+        if (s->after_rset != MX_R__COUNT)
+            mx_session_reply(s, s->after_rset, s->after_rset_arg);
+        break;
+    case MX_CMD_DATA:
+    case MX_CMD_BDAT: {
+        GString *t = g_string_new(NULL);
+        const char *outcome;
+        if (st == MX_RELAY_REPLY) {
+            mx_replies_relay(t, r);
+            outcome = ok ? "accepted" : r->code / 100 == 4 ? "tempfail" : "rejected";
+        } else {
+            mx_replies_format(t, fail_id, NULL);
+            outcome = "tempfail";
+        }
+        g_string_append_len(s->out, t->str, t->len);
+        if (ok)
+            s->nmsgs++;
+        mx_session_log_message(s, outcome, t->str);
+        g_string_free(t, TRUE);
+        /* A 4xx/5xx to DATA leaves the backend in a transaction. */
+        if (st == MX_RELAY_REPLY && !ok)
+            rset_then_reply(s, MX_R__COUNT, NULL);
+        else
+            mx_session_txn_reset(s);
+        break;
+    }
+    default:
+        g_assert_not_reached();
+    }
+    if (s->phase == MX_PHASE_BACKEND) {
+        mx_session_flush(s);
+    } else if (s->phase != MX_PHASE_CLOSED) {
+        mx_session_process(s);
+    }
+    mx_session_unref(s);
+}
+
+/* Rebuild MAIL/RCPT for the backend in canonical spelling (no space after
+ * the colon, source route dropped); the relay drops parameters whose
+ * extension the backend did not advertise. */
+static char *backend_line(const char *verb, const mx_cmd *c)
+{
+    GString *g = g_string_new(verb);
+    g_string_append_c(g, '<');
+    g_string_append_len(g, c->path.p, c->path.len);
+    g_string_append_c(g, '>');
+    for (size_t i = 0; i < c->nparams; i++) {
+        g_string_append_c(g, ' ');
+        g_string_append_len(g, c->params[i].key.p, c->params[i].key.len);
+        if (c->params[i].value.len) {
+            g_string_append_c(g, '=');
+            g_string_append_len(g, c->params[i].value.p, c->params[i].value.len);
+        }
+    }
+    return g_string_free(g, FALSE);
+}
+
+static void cmd_ehlo(mx_session *s, const mx_cmd *c, int esmtp)
+{
+    if (s->txn.active) {
+        /* RFC 5321 4.1.4: EHLO resets the transaction. Dropping the
+         * backend connection is the simplest complete reset. */
+        mx_session_txn_reset(s);
+        if (s->relay) {
+            mx_relay_free(s->relay);
+            s->relay = NULL;
+        }
+    }
+    g_free(s->helo);
+    s->helo = g_strndup(c->arg.p, c->arg.len);
+    s->esmtp = esmtp;
+    if (!esmtp) {
+        mx_session_reply(s, MX_R_HELO, s->cfg->hostname);
+        return;
+    }
+    g_string_append_printf(s->out, "250-%s\r\n", s->cfg->hostname);
+    if (s->cfg->tls_server && s->cfg->starttls && !s->ssl)
+        g_string_append(s->out, "250-STARTTLS\r\n");
+    g_string_append_printf(s->out,
+                           "250-PIPELINING\r\n"
+                           "250-SIZE %llu\r\n"
+                           "250-8BITMIME\r\n"
+                           "250-SMTPUTF8\r\n"
+                           "250-ENHANCEDSTATUSCODES\r\n"
+                           "250-CHUNKING\r\n"
+                           "250 DSN\r\n",
+                           (unsigned long long)s->cfg->max_message_size);
+}
+
+static void cmd_mail(mx_session *s, const mx_cmd *c, const char *line, size_t len)
+{
+    if (!s->helo) {
+        mx_session_bad_command(s, MX_R_NEED_HELO, NULL, line, len);
+        return;
+    }
+    if (s->txn.active) {
+        mx_session_bad_command(s, MX_R_NESTED_MAIL, NULL, line, len);
+        return;
+    }
+    if (c->size > s->cfg->max_message_size) {
+        mx_session_reply(s, MX_R_SIZE_DECLARED, NULL);
+        mx_session_log_reject(s, "mail", line, len, MX_R_SIZE_DECLARED, "declared SIZE over the limit");
+        return;
+    }
+    if (c->path_utf8 && !c->smtputf8) {
+        mx_session_reply(s, MX_R_UTF8_NEEDED, NULL);
+        mx_session_log_reject(s, "mail", line, len, MX_R_UTF8_NEEDED, NULL);
+        return;
+    }
+    mx_session_txn_reset(s);
+    s->txn.from = g_strndup(c->path.p, c->path.len);
+    s->txn.smtputf8 = c->smtputf8;
+    s->txn.started = g_get_monotonic_time();
+    relay_client(s);
+    g_autofree char *bl = backend_line("MAIL FROM:", c);
+    wait_backend(s, MX_CMD_MAIL);
+    mx_relay_mail(s->relay, bl);
+}
+
+static void cmd_rcpt(mx_session *s, const mx_cmd *c, const char *line, size_t len)
+{
+    if (!s->txn.active) {
+        mx_session_bad_command(s, MX_R_NEED_MAIL, NULL, line, len);
+        return;
+    }
+    if (s->txn.bdat) {
+        mx_session_bad_command(s, MX_R_BDAT_MIX, NULL, line, len);
+        return;
+    }
+    if (s->txn.nrcpt >= s->cfg->max_recipients) {
+        mx_session_reply(s, MX_R_TOO_MANY_RCPT, NULL);
+        mx_session_log_reject(s, "rcpt", line, len, MX_R_TOO_MANY_RCPT, NULL);
+        return;
+    }
+    if (c->path_utf8 && !s->txn.smtputf8) {
+        mx_session_reply(s, MX_R_UTF8_NEEDED, NULL);
+        mx_session_log_reject(s, "rcpt", line, len, MX_R_UTF8_NEEDED, NULL);
+        return;
+    }
+    if (!s->relay || !mx_relay_connected(s->relay)) {
+        mx_session_reply(s, MX_R_BACKEND_LOST, NULL);
+        mx_session_txn_reset(s);
+        return;
+    }
+    if (!s->txn.first_rcpt && s->txn.nrcpt == 0)
+        s->txn.first_rcpt = g_strndup(c->path.p, c->path.len);
+    g_autofree char *bl = backend_line("RCPT TO:", c);
+    s->txn.rcpt_tried++;
+    wait_backend(s, MX_CMD_RCPT);
+    mx_relay_rcpt(s->relay, bl);
+}
+
+/* Checks shared by DATA and the first BDAT; returns a reply id or -1. */
+static int data_precheck(mx_session *s)
+{
+    if (!s->txn.active)
+        return MX_R_NEED_MAIL;
+    /* RFC 5321 3.3: 503 when no RCPT came, 554 when all were refused. */
+    if (s->txn.nrcpt == 0)
+        return s->txn.rcpt_tried ? MX_R_NO_VALID_RCPT : MX_R_NEED_RCPT;
+    if (!s->relay || !mx_relay_connected(s->relay))
+        return MX_R_BACKEND_LOST;
+    return -1;
+}
+
+static void start_body(mx_session *s, int bdat)
+{
+    s->raw_bytes = 0;
+    mx_data_dec_init(&s->dec, bdat, s->cfg->bare_newline == MX_BARE_NORMALIZE,
+                     (size_t)s->cfg->max_text_line_length);
+    mx_spool_init(&s->spool, s->cfg->max_message_size, &s->w->srv->spool);
+}
+
+static void cmd_data(mx_session *s, const char *line, size_t len)
+{
+    if (s->txn.bdat) {
+        mx_session_bad_command(s, MX_R_BDAT_MIX, NULL, line, len);
+        return;
+    }
+    int id = data_precheck(s);
+    if (id >= 0) {
+        if (id == MX_R_BACKEND_LOST) {
+            mx_session_reply(s, (mx_reply_id)id, NULL);
+            mx_session_txn_reset(s);
+        } else {
+            mx_session_bad_command(s, (mx_reply_id)id, NULL, line, len);
+        }
+        return;
+    }
+    start_body(s, 0);
+    mx_session_reply(s, MX_R_DATA_GO, NULL);
+    s->phase = MX_PHASE_DATA;
+    mx_session_set_timer(s, s->cfg->data_timeout);
+}
+
+static void cmd_bdat(mx_session *s, const mx_cmd *c)
+{
+    /* RFC 3030 3: the chunk is read whatever we answer, or we would take
+     * message data for commands. */
+    s->chunk_left = s->chunk_size = c->chunk_size;
+    s->chunk_last = c->last;
+    s->chunk_error = -1;
+    if (s->txn.failed) {
+        s->chunk_error = MX_R_BDAT_FAILED;
+    } else if (!s->txn.bdat) { /* the first chunk of this transaction */
+        int id = data_precheck(s);
+        if (id >= 0) {
+            s->chunk_error = id;
+        } else {
+            s->txn.bdat = 1;
+            start_body(s, 1);
+        }
+    }
+    s->phase = MX_PHASE_BDAT;
+    mx_session_set_timer(s, s->cfg->data_timeout);
+}
+
+static void build_received(mx_session *s)
+{
+    GString *g = g_string_sized_new(256);
+    g_string_append(g, "Received: from ");
+    /* The HELO name is the client's word: keep what is safe in a header
+     * comment, so it can neither fold nor close the comment. */
+    for (const char *h = s->helo; *h && h - s->helo < 255; h++) {
+        unsigned char ch = (unsigned char)*h;
+        g_string_append_c(g, (ch > ' ' && ch < 0x7f && ch != '(' && ch != ')' && ch != '\\')
+                                 ? (char)ch : '?');
+    }
+    g_string_append_printf(g, " (unknown [%s])\r\n", s->addr);
+    if (s->ssl)
+        g_string_append_printf(g, "\t(using %s with cipher %s)\r\n", mx_tls_version(s->ssl),
+                               mx_tls_cipher(s->ssl));
+    /* RFC 3848 / RFC 6531 protocol names */
+    g_string_append_printf(g, "\tby %s (mxgate) with %s%s id %s", s->cfg->hostname,
+                           s->txn.smtputf8 ? "UTF8SMTP" : s->esmtp ? "ESMTP" : "SMTP",
+                           s->ssl ? "S" : "", s->sid);
+    if (s->txn.nrcpt == 1 && s->txn.first_rcpt)
+        g_string_append_printf(g, "\r\n\tfor <%s>", s->txn.first_rcpt);
+    char date[64];
+    time_t now = time(NULL);
+    struct tm tm;
+    localtime_r(&now, &tm);
+    strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
+    g_string_append_printf(g, ";\r\n\t%s\r\n", date);
+    s->received = g;
+}
+
+/* The whole message is in: reject it locally, or send it on. */
+void mx_smtp_message_complete(mx_session *s)
+{
+    mx_reply_id id = MX_R__COUNT;
+    const char *arg = NULL;
+    char num[24];
+
+    if (s->spool.over_budget) {
+        id = MX_R_SPOOL_FULL;
+    } else if (s->spool.over_limit) {
+        id = MX_R_SIZE_EXCEEDED;
+    } else if (s->dec.flags & MX_DATA_NUL) {
+        id = MX_R_NUL;
+    } else if (s->dec.flags & (MX_DATA_BARE_LF | MX_DATA_BARE_CR) &&
+               s->cfg->bare_newline == MX_BARE_REJECT) {
+        id = MX_R_BARE_NEWLINE;
+    } else if (s->dec.flags & MX_DATA_LONG_LINE) {
+        id = MX_R_LONG_LINE;
+        snprintf(num, sizeof(num), "%d", s->cfg->max_text_line_length);
+        arg = num;
+    }
+    if (id != MX_R__COUNT) {
+        GString *t = g_string_new(NULL);
+        mx_replies_format(t, id, arg);
+        mx_session_log_message(s, id == MX_R_SPOOL_FULL ? "tempfail" : "rejected", t->str);
+        g_string_free(t, TRUE);
+        rset_then_reply(s, id, arg);
+        return;
+    }
+    if (!s->relay || !mx_relay_connected(s->relay)) {
+        GString *t = g_string_new(NULL);
+        mx_replies_format(t, MX_R_BACKEND_LOST, NULL);
+        mx_session_log_message(s, "tempfail", t->str);
+        g_string_append_len(s->out, t->str, t->len);
+        g_string_free(t, TRUE);
+        mx_session_txn_reset(s);
+        return;
+    }
+    build_received(s);
+    wait_backend(s, s->txn.bdat ? MX_CMD_BDAT : MX_CMD_DATA);
+    mx_relay_data(s->relay, s->received->str, s->received->len, &s->spool);
+}
+
+void mx_smtp_bdat_chunk_done(mx_session *s)
+{
+    char num[24];
+    mx_session_to_cmd_phase(s);
+    if (s->chunk_error >= 0) {
+        mx_session_reply(s, (mx_reply_id)s->chunk_error, NULL);
+        mx_session_log_reject(s, "bdat", NULL, 0, (mx_reply_id)s->chunk_error, NULL);
+        if (s->txn.bdat)
+            s->txn.failed = 1;
+        return;
+    }
+    if (s->spool.over_limit || s->spool.over_budget) {
+        mx_reply_id id = s->spool.over_budget ? MX_R_SPOOL_FULL : MX_R_SIZE_EXCEEDED;
+        GString *t = g_string_new(NULL);
+        mx_replies_format(t, id, NULL);
+        mx_session_log_message(s, id == MX_R_SPOOL_FULL ? "tempfail" : "rejected", t->str);
+        g_string_free(t, TRUE);
+        /* RFC 3030: after a failed chunk the client must RSET; until it
+         * does, further chunks are read and refused. */
+        s->txn.failed = 1;
+        mx_session_reply(s, id, NULL);
+        return;
+    }
+    if (!s->chunk_last) {
+        snprintf(num, sizeof(num), "%llu", (unsigned long long)s->chunk_size);
+        mx_session_reply(s, MX_R_BDAT_OK, num);
+        return;
+    }
+    mx_data_dec_finish(&s->dec, mx_spool_emit, &s->spool);
+    mx_smtp_message_complete(s);
+}
+
+static void cmd_rset(mx_session *s)
+{
+    if (s->txn.active && s->relay && mx_relay_connected(s->relay)) {
+        rset_then_reply(s, MX_R_OK, NULL);
+        return;
+    }
+    mx_session_txn_reset(s);
+    mx_session_reply(s, MX_R_OK, NULL);
+}
+
+/* RFC 3207. */
+static void cmd_starttls(mx_session *s, const char *line, size_t len)
+{
+    if (!s->cfg->tls_server || !s->cfg->starttls) {
+        mx_session_bad_command(s, MX_R_NOT_IMPL, NULL, line, len);
+        return;
+    }
+    if (s->ssl) {
+        mx_session_bad_command(s, MX_R_TLS_ACTIVE, NULL, line, len);
+        return;
+    }
+    if (s->txn.active) {
+        mx_session_bad_command(s, MX_R_TXN_IN_PROGRESS, NULL, line, len);
+        return;
+    }
+    mx_session_reply(s, MX_R_TLS_GO, NULL);
+    /* CVE-2011-0411: anything pipelined after STARTTLS arrived in
+     * plaintext, where a man in the middle could have put it. It is
+     * dropped, never run inside the TLS session. */
+    size_t injected = mx_buf_used(&s->in);
+    if (injected > 0) {
+        GString *l = mx_log_begin(MX_LOG_WARNING, "starttls_injection");
+        mx_log_kv(l, "sid", s->sid);
+        mx_log_kv(l, "client", s->addr);
+        mx_log_kvi(l, "discarded", (int64_t)injected);
+        mx_log_kvn(l, "data", s->in.pos, MIN(injected, 100));
+        mx_log_end(l);
+    }
+    mx_buf_reset(&s->in);
+    s->phase = MX_PHASE_TLS;
+    mx_session_set_timer(s, s->cfg->tls_handshake_timeout);
+    ev_io_stop(s->w->loop, &s->rio);
+    /* the handshake starts once the 220 is written (flush_out) */
+}
+
+void mx_smtp_handle_line(mx_session *s, const char *line, size_t len)
+{
+    mx_cmd c;
+    const char *why = NULL;
+    mx_cmd_status st = mx_cmd_parse(line, line + len, &c, &why);
+
+    switch (st) {
+    case MX_CMD_OK:
+        break;
+    case MX_CMD_E_UNKNOWN:
+        mx_session_bad_command(s, MX_R_UNKNOWN, NULL, line, len);
+        return;
+    case MX_CMD_E_CHAR:
+        mx_session_bad_command(s, MX_R_BAD_CHAR, NULL, line, len);
+        return;
+    case MX_CMD_E_SYNTAX:
+        mx_session_bad_command(s, MX_R_SYNTAX, why, line, len);
+        return;
+    case MX_CMD_E_SENDER:
+        mx_session_bad_command(s, MX_R_BAD_SENDER, why, line, len);
+        return;
+    case MX_CMD_E_RCPT:
+        mx_session_bad_command(s, MX_R_BAD_RCPT, why, line, len);
+        return;
+    case MX_CMD_E_PARAM:
+        mx_session_bad_command(s, MX_R_BAD_PARAM, why, line, len);
+        return;
+    }
+
+    switch (c.verb) {
+    case MX_CMD_EHLO: cmd_ehlo(s, &c, 1); break;
+    case MX_CMD_HELO: cmd_ehlo(s, &c, 0); break;
+    case MX_CMD_MAIL: cmd_mail(s, &c, line, len); break;
+    case MX_CMD_RCPT: cmd_rcpt(s, &c, line, len); break;
+    case MX_CMD_DATA: cmd_data(s, line, len); break;
+    case MX_CMD_BDAT: cmd_bdat(s, &c); break;
+    case MX_CMD_RSET: cmd_rset(s); break;
+    case MX_CMD_NOOP: mx_session_reply(s, MX_R_OK, NULL); break;
+    case MX_CMD_VRFY: mx_session_reply(s, MX_R_VRFY, NULL); break;
+    case MX_CMD_HELP: mx_session_reply(s, MX_R_HELP, NULL); break;
+    case MX_CMD_QUIT:
+        mx_session_reply(s, MX_R_QUIT, NULL);
+        mx_session_close_after_reply(s, "quit");
+        break;
+    case MX_CMD_NONSMTP:
+        /* A web client or proxy probe: no point in a dialogue. */
+        mx_session_reply(s, MX_R_NONSMTP, NULL);
+        mx_session_log_reject(s, "command", line, len, MX_R_NONSMTP, "non-SMTP command");
+        mx_session_close_after_reply(s, "non_smtp_command");
+        break;
+    case MX_CMD_STARTTLS:
+        cmd_starttls(s, line, len);
+        break;
+    case MX_CMD_EXPN:
+    case MX_CMD_AUTH:
+    case MX_CMD_ETRN:
+        mx_session_bad_command(s, MX_R_NOT_IMPL, NULL, line, len);
+        break;
+    default:
+        mx_session_bad_command(s, MX_R_UNKNOWN, NULL, line, len);
+        break;
+    }
+}
