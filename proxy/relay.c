@@ -777,7 +777,7 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
         if (on_reply(r, &rep))
             return; /* the operation ended: we may be closed or freed */
     }
-    if (r->ssl && r->fd >= 0 && SSL_pending(r->ssl) > 0)
+    if (r->ssl && r->fd >= 0 && SSL_has_pending(r->ssl))
         ev_feed_event(loop, &r->rio, EV_READ); /* decrypted bytes wait in OpenSSL */
 }
 

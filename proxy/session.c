@@ -235,7 +235,7 @@ static void update_interest(mx_session *s)
         ev_io_stop(s->w->loop, &s->rio);
     /* OpenSSL may hold decrypted bytes the socket will never signal again:
      * drain them now that there is room. */
-    if (want_read && s->ssl && SSL_pending(s->ssl) > 0 && mx_buf_room(&s->in) > 0)
+    if (want_read && s->ssl && SSL_has_pending(s->ssl) && mx_buf_room(&s->in) > 0)
         ev_feed_event(s->w->loop, &s->rio, EV_READ);
 }
 

@@ -353,7 +353,7 @@ static void build_received(mx_session *s)
     /* RFC 3848 / RFC 6531 protocol names */
     g_string_append_printf(g, "\tby %s (mxgate) with %s%s id %s", s->cfg->hostname,
                            s->txn.smtputf8 ? "UTF8SMTP" : s->esmtp ? "ESMTP" : "SMTP",
-                           s->ssl ? "S" : "", s->sid);
+                           s->ssl && (s->esmtp || s->txn.smtputf8) ? "S" : "", s->sid);
     if (s->txn.nrcpt == 1 && s->txn.first_rcpt)
         g_string_append_printf(g, "\r\n\tfor <%s>", s->txn.first_rcpt);
     char date[64];

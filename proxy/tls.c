@@ -75,9 +75,10 @@ static int ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CI
         for (int i = 0; i < t->nkeys; i++) {
             if (memcmp(name, t->keys[i].name, 16) == 0) {
                 k = &t->keys[i];
-                /* an older key still decrypts, but the client gets a
-                 * ticket under the current one */
-                rc = i == 0 ? 1 : 2;
+                /* 2 = accept and issue a fresh ticket: under the current
+                 * key when an older one was used, and always in TLS 1.3,
+                 * whose tickets clients use only once (RFC 8446 C.4). */
+                rc = i == 0 && SSL_version(ssl) != TLS1_3_VERSION ? 1 : 2;
                 break;
             }
         }
@@ -164,6 +165,11 @@ mx_tls *mx_tls_server_new(const mx_config *cfg, char **err)
     /* Sessions resume by ticket only: a per-process cache would not help a
      * fleet behind a balancer. */
     SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
+    /* One TLS 1.3 ticket per handshake (OpenSSL sends two by default; a
+     * client keeps one), and read whole socket buffers rather than a
+     * 5-byte record header and then its body. */
+    SSL_CTX_set_num_tickets(c, 1);
+    SSL_CTX_set_read_ahead(c, 1);
     SSL_CTX_set_ex_data(c, ex_index, t);
     if (*cfg->tls_ticket_keys) {
         if (load_ticket_keys(t, cfg->tls_ticket_keys, err) < 0)
@@ -187,6 +193,7 @@ mx_tls *mx_tls_client_new(const mx_config *cfg, char **err)
     SSL_CTX_set_options(t->ctx, SSL_OP_NO_COMPRESSION);
     SSL_CTX_set_mode(t->ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
                                  SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_CTX_set_read_ahead(t->ctx, 1);
     if (cfg->backend_tls_verify) {
         SSL_CTX_set_verify(t->ctx, SSL_VERIFY_PEER, NULL);
         int ok = *cfg->backend_tls_ca ? SSL_CTX_load_verify_locations(t->ctx, cfg->backend_tls_ca,

@@ -30,9 +30,9 @@
  *   resume  each connection slot keeps the newest ticket its previous
  *           connection received (TLS 1.2: in the handshake; TLS 1.3: after
  *           it, read along with the first reply) and offers it on its next
- *           connection with SSL_set_session. Like any OpenSSL client, a
- *           TLS 1.3 session is used once (RFC 8446 C.4): a server that
- *           sends no new ticket on resumption gets a full handshake next.
+ *           connection with SSL_set_session. OpenSSL uses a TLS 1.3
+ *           session once (RFC 8446 C.4): a server that sends no new
+ *           ticket on resumption gets a full handshake next.
  *   reuse   as resume, but the slot offers a fresh copy of its newest
  *           ticket (SSL_SESSION_dup), so a TLS 1.3 ticket is offered again
  *           and again until a newer one arrives: resumption whether or not

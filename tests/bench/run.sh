@@ -380,6 +380,32 @@ if [ "$TLS" != 0 ]; then
         -o "tls.key=$TLS_DIR/key.pem" -o "tls.ticket_keys=$TLS_DIR/ticket.key"
     TLS_PID=$MX_PID
 
+    # Idle TLS sessions, on the fresh mxgate-tls: the memory one costs once
+    # it is past STARTTLS, the handshake and the second EHLO. The same
+    # method as the plaintext idle test above.
+    "$MXLOAD_BIN" -I 50 -h 0 -S full "127.0.0.1:$TLS_PORT" >"$WORK/tls-idle-warmup.out" 2>&1 || true
+    sleep 0.3
+    tls_idle_before=$(status_kib "$TLS_PID" VmRSS)
+    "$MXLOAD_BIN" -I "$IDLE_SESSIONS" -h 60 -S full "127.0.0.1:$TLS_PORT" >"$WORK/tls-idle.out" 2>"$WORK/tls-idle.err" &
+    TLS_IDLE_PID=$!
+    PIDS+=("$TLS_IDLE_PID")
+    for _ in $(seq 300); do
+        grep -q 'state=ready' "$WORK/tls-idle.out" 2>/dev/null && break
+        kill -0 "$TLS_IDLE_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    tls_idle_ready=$(grep 'state=ready' "$WORK/tls-idle.out" || true)
+    [ -n "$tls_idle_ready" ] || { cat "$WORK/tls-idle.err" >&2; die "idle TLS sessions did not open"; }
+    sleep 0.5
+    tls_idle_open=$(kv open "$tls_idle_ready")
+    tls_idle_after=$(status_kib "$TLS_PID" VmRSS)
+    kill -USR1 "$TLS_IDLE_PID"
+    wait "$TLS_IDLE_PID" || true
+    forget_pid "$TLS_IDLE_PID"
+    tls_idle_errors=$(kv errors "$tls_idle_ready")
+    tls_idle_kib=$(awk -v a="$tls_idle_after" -v b="$tls_idle_before" -v n="$tls_idle_open" \
+        'BEGIN { if (n > 0) printf "%.2f", (a - b) / n; else print "n/a" }')
+
     TLS_PLAN=() # "version modes..."
     for ver in $TLS_VERSIONS; do
         case "$ver" in
@@ -642,6 +668,9 @@ END {
     for (i = 1; i <= nsum; i++) print summary[i]
     for (i = 1; i <= nnotes; i++) print "note: " notes[i]
 }' "$TLS_RUNS"
+    echo "idle TLS sessions (fresh mxgate-tls, after a 50-session warm-up; $(kv tls_version "$tls_idle_ready"), after the second EHLO):" \
+        "requested $IDLE_SESSIONS, open $tls_idle_open, errors $tls_idle_errors; mxgate VmRSS $tls_idle_before KiB before," \
+        "$tls_idle_after KiB with them open: $tls_idle_kib KiB per session (plaintext target <= $TARGET_IDLE_KIB KiB)"
     echo "mxgate (TLS): still running after the load: $tls_alive; warning/error log lines: $tls_warnings"
     if [ "${tls_warnings:-0}" -gt 0 ]; then
         grep -E 'level=(warning|error)' "$WORK/mxgate-tls.log" | sort | uniq -c | sort -rn | head -5 | cut -c1-300

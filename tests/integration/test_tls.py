@@ -241,9 +241,22 @@ class TestStarttlsProtocol(TlsCase):
             self.assertEqual(c.cmd("RCPT TO:<alice@example.test>").code, 250)
             self.assertEqual(c.cmd("RSET").code, 250)
             # after RSET STARTTLS is fine
-            c.starttls(self.ctx(), "mxgate.example.test")
-            self.assertEqual(c.ehlo().code, 250)
+            c.starttls(self.ctx("TLSv1.3"), "mxgate.example.test")
+            self.assertEqual(c.ehlo("after.example.net").code, 250)
+            # the backend learns the HELO given inside TLS, and the trace
+            # header says TLS although the transaction began in plaintext
+            t = c.transact("a@client.test", ["alice@example.test"],
+                           mt.make_message(subject="after tls"))
+            self.assertEqual(t["final"].code, 250, t)
             self.assertEqual(c.cmd("QUIT").code, 221)
+        xclients = [l for l in self.fb.all_lines() if l.startswith(b"XCLIENT")]
+        self.assertIn(b"HELO=after.example.net", xclients[-1], xclients)
+        self.assertEqual(len(self.fb.accepted), 1)
+        field, _ = mt.split_header(self.fb.accepted[0][2])
+        m = MXGATE_RECEIVED_TLS.match(mt.unfold(field))
+        self.assertTrue(m, field)
+        self.assertEqual((m.group("helo"), m.group("version"), m.group("proto")),
+                         ("after.example.net", "TLSv1.3", "ESMTPS"))
 
     def test_starttls_injection_is_discarded(self):
         # CVE-2011-0411: RSET rides in the STARTTLS packet. It must not be
