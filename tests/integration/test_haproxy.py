@@ -224,9 +224,15 @@ class TestFailover(HaproxyCase):
     def test_sigkill_one_node_under_load_no_message_lost_or_doubled(self):
         mx1, mx2 = self.node("mx1.example.test"), self.node("mx2.example.test")
         h = self.balancer([mx1, mx2])
+        # Part of the load is held back until HAProxy has marked the killed
+        # node down, so sessions certainly start after that point however
+        # fast the first part goes.
         todo = queue.Queue()
-        for i in range(self.MESSAGES):
-            todo.put("load-%03d" % i)
+        held = ["load-%03d" % i for i in range(self.MESSAGES)]
+        for tag in held[:self.KILL_AFTER + 10]:
+            todo.put(tag)
+        held = held[self.KILL_AFTER + 10:]
+        all_queued = threading.Event()
         attempts, lock = [], threading.Lock()
         accepted = []
         stop = threading.Event()
@@ -238,7 +244,10 @@ class TestFailover(HaproxyCase):
                 try:
                     tag = todo.get_nowait()
                 except queue.Empty:
-                    return
+                    if all_queued.is_set():
+                        return
+                    time.sleep(0.02)
+                    continue
                 for _ in range(self.MAX_TRIES):
                     a = deliver_once(h.port, tag, source=source)
                     with lock:
@@ -262,6 +271,9 @@ class TestFailover(HaproxyCase):
             h.wait_status("mx1", "DOWN", 5)
             down_at = time.monotonic()
         finally:
+            for tag in held:
+                todo.put(tag)
+            all_queued.set()
             for t in threads:
                 t.join(max(1, deadline - time.monotonic()))
             stop.set()
@@ -417,7 +429,11 @@ class TestHealthChecks(HaproxyCase):
         before = int(h.server("mx1")["chkfail"] or 0), int(h.server("mx2")["chkfail"] or 0)
         time.sleep(2)
         for name, n in (("mx1", mx1), ("mx2", mx2)):
-            row = h.server(name)
+            # "* L7OK" with code 0 means a check is running right now: read
+            # again until the stats show a finished one.
+            row = mt.wait_until(lambda: (lambda r: r if not r["check_status"].startswith("*")
+                                         else None)(h.server(name)), 5, 0.02,
+                                "a finished check of %s" % name)
             self.assertEqual((row["status"], row["check_status"], row["check_code"]),
                              ("UP", "L7OK", "200"), row)
             self.assertEqual(self.sessions_logged(n), [], "%s: check left SMTP log lines" % name)
