@@ -13,9 +13,12 @@ BUILD="build-essential cmake pkg-config clang libclang-rt-14-dev
 # Test peers. Postfix is the main backend; its smtp-sink and smtp-source are
 # the benchmark's sink and load generator. Exim runs privately next to it
 # (tests/integration/exim.sh) from the unpacked exim4-daemon-heavy package,
-# whose runtime libraries are listed here.
+# whose runtime libraries (every Depends: of exim4-daemon-heavy 4.96 but
+# the conflicting exim4 packages themselves) are listed here.
 TEST="postfix swaks memcached haproxy clamav python3 procps iproute2 openssl
-      libmariadb3 libspf2-2 libidn12 libgnutls30 libpq5 libsasl2-2 libperl5.36
+      libmariadb3 libspf2-2 libidn12 libidn2-0 libgnutls30 libgnutls-dane0 libpq5
+      libsasl2-2 libperl5.36 libdb5.3 libldap-2.5-0 libnsl2 libpam0g libpcre2-8-0
+      libsqlite3-0 libcrypt1 netbase
       testssl.sh libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-perl"
 
 missing=""

@@ -64,7 +64,9 @@ RECIPIENTS = (
     "δοκιμή@example.test",
 )
 EXIM_CACHE = os.environ.get("MXTEST_EXIM_CACHE", "/var/cache/mxgate-test/exim")
-DEFAULT_MXGATE = "/work/main/build/proxy/mxgate"
+# the usual out-of-tree build: <repository>/build/proxy/mxgate
+DEFAULT_MXGATE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "build", "proxy", "mxgate")
 
 
 # ---------------------------------------------------------------- waiting
