@@ -220,12 +220,9 @@ void mx_tls_free(mx_tls *t)
     g_free(t);
 }
 
-ssize_t mx_tls_recv(SSL *ssl, int fd, void *buf, size_t n)
+/* Map an SSL_read/SSL_write result to the recv(2)/send(2) convention. */
+static ssize_t io_result(SSL *ssl, int r, int on_error)
 {
-    if (!ssl)
-        return recv(fd, buf, n, 0);
-    ERR_clear_error();
-    int r = SSL_read(ssl, buf, (int)MIN(n, (size_t)G_MAXINT));
     if (r > 0)
         return r;
     switch (SSL_get_error(ssl, r)) {
@@ -236,11 +233,21 @@ ssize_t mx_tls_recv(SSL *ssl, int fd, void *buf, size_t n)
     case SSL_ERROR_ZERO_RETURN:
         return 0;
     case SSL_ERROR_SYSCALL:
-        return errno == 0 ? 0 : -1; /* 0: EOF without close_notify */
+        if (errno == 0)
+            return 0; /* EOF without close_notify */
+        return -1;
     default:
-        errno = EPROTO;
+        errno = on_error;
         return -1;
     }
+}
+
+ssize_t mx_tls_recv(SSL *ssl, int fd, void *buf, size_t n)
+{
+    if (!ssl)
+        return recv(fd, buf, n, 0);
+    ERR_clear_error();
+    return io_result(ssl, SSL_read(ssl, buf, (int)MIN(n, (size_t)G_MAXINT)), EPROTO);
 }
 
 ssize_t mx_tls_send(SSL *ssl, int fd, const void *buf, size_t n)
@@ -248,18 +255,12 @@ ssize_t mx_tls_send(SSL *ssl, int fd, const void *buf, size_t n)
     if (!ssl)
         return send(fd, buf, n, MSG_NOSIGNAL);
     ERR_clear_error();
-    int r = SSL_write(ssl, buf, (int)MIN(n, (size_t)G_MAXINT));
-    if (r > 0)
-        return r;
-    switch (SSL_get_error(ssl, r)) {
-    case SSL_ERROR_WANT_READ:
-    case SSL_ERROR_WANT_WRITE:
-        errno = EAGAIN;
-        return -1;
-    default:
+    ssize_t w = io_result(ssl, SSL_write(ssl, buf, (int)MIN(n, (size_t)G_MAXINT)), EPIPE);
+    if (w == 0) { /* the peer closed: for a writer that is a broken pipe */
         errno = EPIPE;
         return -1;
     }
+    return w;
 }
 
 SSL_CTX *mx_tls_ctx(mx_tls *t) { return t->ctx; }

@@ -111,13 +111,16 @@ def port_open(port, host=HOST):
         return False
 
 
-def wait_port(port, timeout=15, host=HOST, proc=None):
-    """Wait until something accepts on host:port; fail early if proc died."""
+def wait_port(port, timeout=15, host=HOST, proc=None, probe=None):
+    """Wait until something accepts on host:port (probe(port, host), by
+    default a connection); fail early if proc died."""
+    probe = probe or port_open
+
     def ready():
         if proc is not None and proc.poll() is not None:
             raise RuntimeError("process exited with %s before listening on %d"
                                % (proc.returncode, port))
-        return port_open(port, host)
+        return probe(port, host)
     wait_until(ready, timeout, 0.05, "port %d" % port)
 
 
@@ -1663,12 +1666,7 @@ def listening(port, host=HOST):
 
 def wait_listening(port, timeout=15, host=HOST, proc=None):
     """wait_port without connecting (see listening())."""
-    def ready():
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError("process exited with %s before listening on %d"
-                               % (proc.returncode, port))
-        return listening(port, host)
-    wait_until(ready, timeout, 0.05, "a listener on port %d" % port)
+    wait_port(port, timeout, host, proc, probe=listening)
 
 
 def start_mxgate_quietly(m, timeout=15):
