@@ -154,7 +154,6 @@ void mx_relay_free(mx_relay *r)
 }
 
 int mx_relay_connected(const mx_relay *r) { return r->fd >= 0 && r->st >= ST_READY; }
-int mx_relay_busy(const mx_relay *r) { return r->op != OP_NONE; }
 
 const char *mx_relay_server(const mx_relay *r)
 {

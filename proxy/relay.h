@@ -90,7 +90,6 @@ void mx_relay_rset(mx_relay *r);
 void mx_relay_data(mx_relay *r, const char *hdr, size_t hdrlen, const mx_spool *sp);
 
 int mx_relay_connected(const mx_relay *r);
-int mx_relay_busy(const mx_relay *r);
 /* The backend advertised an EHLO keyword (valid once connected). */
 int mx_relay_has_ext(const mx_relay *r, const char *kw);
 /* "ADDR:PORT" of the server in use, or "-". */

@@ -54,7 +54,6 @@ static const reply table[MX_R__COUNT] = {
     [MX_R_BACKEND_LOST] = {451, "4.4.2", "Lost connection to backend, try again later"},
     [MX_R_BACKEND_PROTO] = {451, "4.5.0", "Backend protocol error, try again later"},
     [MX_R_BACKEND_TIMEOUT] = {451, "4.4.2", "Backend timed out, try again later"},
-    [MX_R_BACKEND_REJECT_DATA] = {451, "4.5.0", "Backend did not accept DATA, try again later"},
     [MX_R_TLS_GO] = {220, "2.0.0", "Ready to start TLS"},
     [MX_R_TLS_ACTIVE] = {503, "5.5.1", "Error: TLS already active"},
     [MX_R_TXN_IN_PROGRESS] = {503, "5.5.1", "Error: MAIL transaction in progress"},
@@ -82,31 +81,13 @@ void mx_replies_format(GString *out, mx_reply_id id, const char *arg)
     g_string_append(out, "\r\n");
 }
 
-static int starts_with_esc(const char *t, int cls)
-{
-    /* class "." 1*3digit "." 1*3digit */
-    if (t[0] != '0' + cls || t[1] != '.')
-        return 0;
-    const char *p = t + 2;
-    int n = 0;
-    while (g_ascii_isdigit(*p) && n < 3)
-        p++, n++;
-    if (!n || *p != '.')
-        return 0;
-    p++;
-    n = 0;
-    while (g_ascii_isdigit(*p) && n < 3)
-        p++, n++;
-    return n && (*p == ' ' || *p == '\0');
-}
-
 void mx_replies_relay(GString *out, const mx_reply *r)
 {
     int cls = r->code / 100;
     for (int i = 0; i < r->nlines; i++) {
         const char *t = mx_reply_line(r, i);
         g_string_append_printf(out, "%d%c", r->code, i + 1 < r->nlines ? '-' : ' ');
-        if (!starts_with_esc(t, cls) && r->code != 220 && r->code != 354)
+        if (!mx_reply_enhanced(r, i, NULL) && r->code != 220 && r->code != 354)
             g_string_append_printf(out, "%d.0.0 ", cls);
         g_string_append(out, t);
         g_string_append(out, "\r\n");

@@ -197,15 +197,15 @@ static int digits3(const char *t, size_t n, size_t *k)
  * RFC 3463: class "." subject "." detail, class 2/4/5 and (RFC 2034) equal
  * to the first digit of the reply code, followed by SP or the end.
  */
-int mx_reply_enhanced(const mx_reply *r, mx_span *esc)
+int mx_reply_enhanced(const mx_reply *r, int i, mx_span *esc)
 {
     const char *t;
     size_t n, k;
 
-    if (r->nlines < 1)
+    if (i < 0 || i >= r->nlines)
         return 0;
-    t = r->text + r->off[0];
-    n = r->len[0];
+    t = r->text + r->off[i];
+    n = r->len[i];
     if (n < 5 || t[0] - '0' != r->code / 100 || (t[0] != '2' && t[0] != '4' && t[0] != '5') ||
         t[1] != '.')
         return 0;

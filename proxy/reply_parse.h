@@ -61,7 +61,8 @@ const char *mx_reply_line(const mx_reply *r, int i);
  */
 int mx_reply_has_ext(const mx_reply *r, const char *kw, mx_span *params);
 
-/* The "x.y.z" enhanced status code at the start of line 0, if any. */
-int mx_reply_enhanced(const mx_reply *r, mx_span *esc);
+/* The "x.y.z" enhanced status code (RFC 3463) at the start of line i, if
+ * any; its class must match the reply code's. */
+int mx_reply_enhanced(const mx_reply *r, int i, mx_span *esc);
 
 #endif

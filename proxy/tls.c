@@ -264,7 +264,6 @@ ssize_t mx_tls_send(SSL *ssl, int fd, const void *buf, size_t n)
 }
 
 SSL_CTX *mx_tls_ctx(mx_tls *t) { return t->ctx; }
-int mx_tls_nkeys(const mx_tls *t) { return t->nkeys; }
 
 const char *mx_tls_version(const SSL *ssl) { return SSL_get_version(ssl); }
 

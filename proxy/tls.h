@@ -36,7 +36,6 @@ SSL_CTX *mx_tls_ctx(mx_tls *t);
  * >0 bytes, 0 at EOF, -1 with errno (EAGAIN: wait for the socket). */
 ssize_t mx_tls_recv(SSL *ssl, int fd, void *buf, size_t n);
 ssize_t mx_tls_send(SSL *ssl, int fd, const void *buf, size_t n);
-int mx_tls_nkeys(const mx_tls *t);
 
 /* "TLSv1.3 TLS_AES_256_GCM_SHA384" style summary of an established SSL. */
 const char *mx_tls_version(const SSL *ssl);

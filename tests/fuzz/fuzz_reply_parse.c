@@ -59,7 +59,7 @@ static uint64_t check_reply(const mx_reply *r, uint64_t h)
     for (size_t k = 0; k < sizeof(kws) / sizeof(kws[0]); k++)
         if (mx_reply_has_ext(r, kws[k], &sp))
             inside_text(r, sp);
-    if (mx_reply_enhanced(r, &sp)) {
+    if (mx_reply_enhanced(r, 0, &sp)) {
         inside_text(r, sp);
         CHECK(sp.len >= 5 && sp.p[0] - '0' == r->code / 100);
     }

@@ -358,7 +358,7 @@ static void test_enhanced_codes(void)
     for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
         mx_reply r = parse_one(cases[i].in);
         mx_span esc = { NULL, 0 };
-        int has = mx_reply_enhanced(&r, &esc);
+        int has = mx_reply_enhanced(&r, 0, &esc);
 
         if (cases[i].esc == NULL) {
             g_assert_false(has);
