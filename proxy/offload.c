@@ -34,7 +34,8 @@ static void on_async(struct ev_loop *loop, ev_async *a, int revents)
     g_mutex_unlock(&p->lock);
     while (j) {
         mx_job *next = j->next;
-        atomic_fetch_sub(&p->pool->pending, 1);
+        atomic_fetch_sub(&j->pool->pending, 1);
+        p->inflight--;
         j->done(j); /* may free j */
         j = next;
     }
@@ -58,10 +59,10 @@ void mx_offload_free(mx_offload *o)
     g_free(o);
 }
 
-void mx_offload_port_init(mx_offload_port *p, mx_offload *o, struct ev_loop *loop)
+void mx_offload_port_init(mx_offload_port *p, struct ev_loop *loop)
 {
     p->loop = loop;
-    p->pool = o;
+    p->inflight = 0;
     p->head = p->tail = NULL;
     g_mutex_init(&p->lock);
     ev_async_init(&p->async, on_async);
@@ -75,14 +76,15 @@ void mx_offload_port_close(mx_offload_port *p)
     g_mutex_clear(&p->lock);
 }
 
-mx_rc mx_offload_submit(mx_offload_port *p, mx_job *j)
+mx_rc mx_offload_submit(mx_offload *o, mx_offload_port *p, mx_job *j)
 {
-    mx_offload *o = p->pool;
     if (atomic_fetch_add(&o->pending, 1) >= o->max_pending) {
         atomic_fetch_sub(&o->pending, 1);
         return MX_AGAIN;
     }
     j->port = p;
+    j->pool = o;
+    p->inflight++;
     g_thread_pool_push(o->pool, j, NULL);
     return MX_OK;
 }

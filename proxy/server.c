@@ -146,7 +146,7 @@ mx_server *mx_server_new(mx_config *cfg, struct ev_loop *main_loop, char **err)
         ev_async_init(&w->wake, on_wake);
         w->wake.data = w;
         ev_async_start(w->loop, &w->wake);
-        mx_offload_port_init(&w->port, srv->offload, w->loop);
+        mx_offload_port_init(&w->port, w->loop);
         mx_relay_pool_init(&w->pool, w->loop);
         g_queue_init(&w->sessions);
         w->nlsn = cfg->nlistens;

@@ -41,13 +41,13 @@ static void test_jobs_run_off_loop_and_complete_on_it(void)
     struct ev_loop *loop = ev_loop_new(0);
     mx_offload *o = mx_offload_new(2, 100);
     mx_offload_port port;
-    mx_offload_port_init(&port, o, loop);
+    mx_offload_port_init(&port, loop);
     int count = 0;
     job jobs[50];
     for (int i = 0; i < 50; i++) {
         jobs[i] = (job){.base = {.work = work, .done = done}, .done_count = &count,
                         .loop = loop, .total = 50};
-        g_assert_cmpint(mx_offload_submit(&port, &jobs[i].base), ==, MX_OK);
+        g_assert_cmpint(mx_offload_submit(o, &port, &jobs[i].base), ==, MX_OK);
     }
     /* nothing completes before the loop runs */
     g_assert_cmpint(count, ==, 0);
@@ -68,7 +68,7 @@ static void test_full_backlog_is_refused(void)
     struct ev_loop *loop = ev_loop_new(0);
     mx_offload *o = mx_offload_new(1, 3);
     mx_offload_port port;
-    mx_offload_port_init(&port, o, loop);
+    mx_offload_port_init(&port, loop);
     GMutex gate;
     g_mutex_init(&gate);
     g_mutex_lock(&gate);
@@ -78,14 +78,14 @@ static void test_full_backlog_is_refused(void)
         jobs[i] = (job){.base = {.work = work, .done = done}, .done_count = &count,
                         .loop = loop, .total = 3, .gate = &gate};
     for (int i = 0; i < 3; i++)
-        g_assert_cmpint(mx_offload_submit(&port, &jobs[i].base), ==, MX_OK);
-    g_assert_cmpint(mx_offload_submit(&port, &jobs[3].base), ==, MX_AGAIN);
+        g_assert_cmpint(mx_offload_submit(o, &port, &jobs[i].base), ==, MX_OK);
+    g_assert_cmpint(mx_offload_submit(o, &port, &jobs[3].base), ==, MX_AGAIN);
     g_mutex_unlock(&gate);
     ev_run(loop, 0);
     g_assert_cmpint(count, ==, 3);
     /* room again once they finished */
     jobs[3].total = 4;
-    g_assert_cmpint(mx_offload_submit(&port, &jobs[3].base), ==, MX_OK);
+    g_assert_cmpint(mx_offload_submit(o, &port, &jobs[3].base), ==, MX_OK);
     ev_run(loop, 0);
     g_assert_cmpint(count, ==, 4);
     mx_offload_port_close(&port);
