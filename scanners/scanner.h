@@ -19,8 +19,9 @@ typedef enum {
 
 typedef struct mx_scan_result {
     mx_scan_verdict verdict;
-    char name[128];
-    char why[192];
+    char name[128];    /* infected: the signature */
+    char why[192];     /* error: what went wrong */
+    char version[80];  /* the engine and signature version that decided */
 } mx_scan_result;
 
 /* The message as runs of bytes: next() returns 0 when exhausted. */
