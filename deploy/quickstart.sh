@@ -7,6 +7,12 @@
 # every message it accepts as a file under ./demo/mail/, so you can see
 # exactly what reached the backend. Stop with Ctrl-C; that stops both.
 #
+# mxgate scans every message with libclamav and will not start without a
+# signature database. If freshclam has filled /var/lib/clamav (the default
+# clamav.database), that is used. Otherwise (no internet) a small test set
+# that detects the EICAR test file is written to ./demo/clamav and mxgate
+# is pointed at it, the one option changed from the defaults.
+#
 #   sudo deploy/quickstart.sh
 #   swaks --server 127.0.0.1:2525 --to you@example.com     # in another shell
 #   ls demo/mail/
@@ -30,7 +36,19 @@ while [ $i -lt 50 ] && ! (exec 3<>/dev/tcp/127.0.0.1/10025) 2>/dev/null; do
     i=$((i + 1))
 done
 
+set --
+if ! ls /var/lib/clamav/*.cvd /var/lib/clamav/*.cld >/dev/null 2>&1; then
+    sh deploy/clamav/make-test-db.sh "$root/demo/clamav"
+    echo "mxgate: /var/lib/clamav has no official signatures (run freshclam where there is internet);"
+    echo "mxgate: using the test set in demo/clamav (EICAR and mxgate's test marker only)"
+    set -- -o clamav.database="$root/demo/clamav"
+fi
+
 echo "mxgate: listening on 127.0.0.1:2525, relaying to the demo backend on 127.0.0.1:10025"
 echo "mxgate: try: swaks --server 127.0.0.1:2525 --to you@example.com; then ls demo/mail/"
+echo "mxgate: a virus is refused: swaks --server 127.0.0.1:2525 --to you@example.com --attach @demo/eicar.com"
 echo "mxgate: health: curl http://127.0.0.1:8025/health"
-build/proxy/mxgate
+# The EICAR test file, for trying the scanner (assembled here so that this
+# script is not itself a detection).
+printf '%s%s' 'X5O!P%@AP[4\PZX54(P^)7CC)7}$' 'EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*' >demo/eicar.com
+build/proxy/mxgate "$@"

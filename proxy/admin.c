@@ -74,12 +74,18 @@ static void handle_request(http_conn *c)
     if (g_str_has_prefix(c->req, "GET /health ") || g_str_has_prefix(c->req, "HEAD /health ")) {
         int draining = atomic_load(&srv->stopping) || atomic_load(&srv->draining);
         int up = atomic_load(&srv->backend_up);
-        g_autofree char *body =
-            g_strdup_printf("%s\nsessions=%d\nbackend=%s\ndraining=%s\n",
-                            draining ? "draining" : up ? "ok" : "backend unreachable",
-                            atomic_load(&srv->sessions), up ? "up" : "down",
-                            draining ? "yes" : "no");
-        http_respond(c, draining || !up ? 503 : 200, body);
+        mx_clam_status cs = {.healthy = 1};
+        if (srv->clam)
+            mx_clam_get_status(srv->clam, &cs);
+        /* A node whose scanner fails would tempfail every message: the
+         * balancer should send them to a node that can take them. */
+        g_autofree char *body = g_strdup_printf(
+            "%s\nsessions=%d\nbackend=%s\nscanner=%s%s%s\ndraining=%s\n",
+            draining ? "draining" : !up ? "backend unreachable" : !cs.healthy ? "scanner failing" : "ok",
+            atomic_load(&srv->sessions), up ? "up" : "down",
+            !srv->clam ? "off" : cs.healthy ? "ok" : "failing", cs.healthy ? "" : ": ", cs.why,
+            draining ? "yes" : "no");
+        http_respond(c, draining || !up || !cs.healthy ? 503 : 200, body);
         return;
     }
     if (g_str_has_prefix(c->req, "GET /metrics ")) {
@@ -98,7 +104,41 @@ static void handle_request(http_conn *c)
             (unsigned long long)atomic_load(&srv->messages_tempfailed),
             atomic_load(&srv->backend_up), atomic_load(&srv->draining),
             (long long)atomic_load(&srv->spool.used));
-        http_respond(c, 200, body);
+        GString *m = g_string_new(body);
+        if (srv->clam) {
+            mx_clam_status cs;
+            mx_clam_get_status(srv->clam, &cs);
+            g_string_append_printf(
+                m,
+                "# HELP mxgate_scanner_up 1 when the temp dir is usable and the last EICAR canary was detected.\n"
+                "# TYPE mxgate_scanner_up gauge\nmxgate_scanner_up %d\n"
+                "# HELP mxgate_scanner_info The engine and signature version in use.\n"
+                "# TYPE mxgate_scanner_info gauge\n"
+                "mxgate_scanner_info{engine=\"%s\",db_version=\"%s\"} 1\n"
+                "# TYPE mxgate_scanner_signatures gauge\nmxgate_scanner_signatures %u\n"
+                "# TYPE mxgate_scanner_loaded_timestamp_seconds gauge\n"
+                "mxgate_scanner_loaded_timestamp_seconds %lld\n"
+                "# TYPE mxgate_scans_total counter\n"
+                "mxgate_scans_total{verdict=\"clean\"} %llu\n"
+                "mxgate_scans_total{verdict=\"infected\"} %llu\n"
+                "mxgate_scans_total{verdict=\"error\"} %llu\n"
+                "# TYPE mxgate_scanner_reloads_total counter\n"
+                "mxgate_scanner_reloads_total{result=\"ok\"} %llu\n"
+                "mxgate_scanner_reloads_total{result=\"failed\"} %llu\n"
+                "# TYPE mxgate_scanner_canaries_total counter\n"
+                "mxgate_scanner_canaries_total{result=\"detected\"} %llu\n"
+                "mxgate_scanner_canaries_total{result=\"failed\"} %llu\n"
+                "# TYPE mxgate_scan_queue gauge\nmxgate_scan_queue %d\n",
+                cs.healthy, cs.engine, cs.db_version, cs.signatures, (long long)cs.loaded_at,
+                (unsigned long long)cs.clean, (unsigned long long)cs.infected,
+                (unsigned long long)cs.errors, (unsigned long long)cs.reloads,
+                (unsigned long long)cs.reload_failures,
+                (unsigned long long)(cs.canaries - cs.canary_failures),
+                (unsigned long long)cs.canary_failures,
+                srv->scan_pool ? mx_offload_pending(srv->scan_pool) : 0);
+        }
+        http_respond(c, 200, m->str);
+        g_string_free(m, TRUE);
         return;
     }
     http_respond(c, 404, "not found\n");

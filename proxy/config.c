@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include "clam.h"
 #include "config.h"
 #include "tls.h"
 
@@ -35,6 +36,7 @@ static const char *const bare_names[] = {"normalize", "reject", NULL};
 static const char *const level_names[] = {"error", "warning", "info", "debug", NULL};
 static const char *const btls_names[] = {"none", "opportunistic", "required", NULL};
 static const char *const tlsver_names[] = {"TLSv1.2", "TLSv1.3", NULL};
+static const char *const onerr_names[] = {"tempfail", "accept", NULL};
 
 #define O(f) offsetof(mx_config, f)
 #define GiB (1024LL * 1024 * 1024)
@@ -125,6 +127,38 @@ static const option options[] = {
      "verify the backend's certificate against backend.tls_ca"},
     {"backend", "tls_ca", OPT_STR, O(backend_tls_ca), "", 0, 0, NULL,
      "PEM CA file for backend.tls_verify; empty = the system store"},
+
+    {"clamav", "enabled", OPT_BOOL, O(clamav_enabled), "true", 0, 0, NULL,
+     "scan every message with libclamav; false = no virus scanning at all"},
+    {"clamav", "database", OPT_STR, O(clamav_database), "/var/lib/clamav", 0, 0, NULL,
+     "directory of signature files (.cvd .cld .hdb .ndb ...); reloaded when it changes"},
+    {"clamav", "tmpdir", OPT_STR, O(clamav_tmpdir), "/tmp", 0, 0, NULL,
+     "libclamav's temp directory; checked at start and by every canary"},
+    {"clamav", "threads", OPT_INT, O(clamav_threads), "0", 0, 256, NULL,
+     "scan threads; 0 = one per core"},
+    {"clamav", "max_pending", OPT_INT, O(clamav_max_pending), "64", 1, 1000000, NULL,
+     "scans queued or running; past it DATA gets 451 4.3.2 instead of a longer queue"},
+    {"clamav", "max_scan_size", OPT_SIZE, O(clamav_max_scan_size), "104857600", 1 << 20,
+     4 * GiB, NULL, "bytes scanned per message, extracted attachments included"},
+    {"clamav", "max_file_size", OPT_SIZE, O(clamav_max_file_size), "26214400", 1 << 20, 4 * GiB,
+     NULL, "largest single file scanned (the message itself too); see --check"},
+    {"clamav", "max_recursion", OPT_INT, O(clamav_max_recursion), "16", 1, 1000, NULL,
+     "nesting depth of archives and MIME parts"},
+    {"clamav", "max_files", OPT_INT, O(clamav_max_files), "1000", 1, 1000000, NULL,
+     "files extracted from one message"},
+    {"clamav", "max_scan_time", OPT_INT, O(clamav_max_scan_time), "15000", 100, 3600000, NULL,
+     "milliseconds one message may be scanned"},
+    {"clamav", "alert_exceeds_max", OPT_BOOL, O(clamav_alert_exceeds_max), "true", 0, 0, NULL,
+     "reject a message with a part past a limit (Heuristics.Limits.Exceeded.*) rather than "
+     "pass it partly scanned"},
+    {"clamav", "on_error", OPT_ENUM, O(clamav_on_error), "tempfail", 0, 0, onerr_names,
+     "scan error or timeout: tempfail (451 4.7.0), or accept (UNSAFE: unscanned mail is delivered, tagged)"},
+    {"clamav", "add_header", OPT_BOOL, O(clamav_add_header), "true", 0, 0, NULL,
+     "add X-Virus-Scanned naming mxgate and the signature version to clean messages"},
+    {"clamav", "canary_interval", OPT_INT, O(clamav_canary_interval), "60", 1, 86400, NULL,
+     "seconds between EICAR canary scans (every 2 s while failing)"},
+    {"clamav", "watch_interval", OPT_INT, O(clamav_watch_interval), "5", 0, 86400, NULL,
+     "seconds between looks at clamav.database for new files; 0 = reload on SIGHUP only"},
 
     {"admin", "listen", OPT_STR, O(admin_listen), "127.0.0.1:8025", 0, 0, NULL,
      "ADDR:PORT of the HTTP endpoint for /health; empty = off"},
@@ -426,9 +460,30 @@ int mx_config_net_match(const mx_net *nets, int n, const struct sockaddr_storage
     return 0;
 }
 
+/* A message larger than the scanner's limits would pass partly unscanned:
+ * refuse the combination rather than leave that gap. */
+static int check_scan_cover(mx_config *c, char **err)
+{
+    if (!c->clamav_enabled)
+        return 0;
+    uint64_t need = c->max_message_size + MX_CLAM_HEADER_SLACK;
+    if (need > c->clamav_max_file_size || need > c->clamav_max_scan_size) {
+        *err = g_strdup_printf(
+            "smtp.max_message_size (%llu) is more than the scanner covers: clamav.max_file_size "
+            "(%llu) and clamav.max_scan_size (%llu) must each be at least %llu, or larger "
+            "messages would pass partly unscanned",
+            (unsigned long long)c->max_message_size,
+            (unsigned long long)c->clamav_max_file_size,
+            (unsigned long long)c->clamav_max_scan_size, (unsigned long long)need);
+        return -1;
+    }
+    return 0;
+}
+
 static int derive(mx_config *c, char **err)
 {
-    if (derive_listens(c, err) < 0 || derive_backends(c, err) < 0 || derive_nets(c, err) < 0)
+    if (derive_listens(c, err) < 0 || derive_backends(c, err) < 0 || derive_nets(c, err) < 0 ||
+        check_scan_cover(c, err) < 0)
         return -1;
     if (*c->admin_listen) {
         char *e = NULL;

@@ -39,6 +39,7 @@ enum { MX_BACKEND_TLS_NONE, MX_BACKEND_TLS_OPPORTUNISTIC, MX_BACKEND_TLS_REQUIRE
 enum { MX_TLS_V12, MX_TLS_V13 };
 enum { MX_FORWARD_XCLIENT, MX_FORWARD_XFORWARD, MX_FORWARD_PROXY, MX_FORWARD_NONE };
 enum { MX_BARE_NORMALIZE, MX_BARE_REJECT };
+enum { MX_SCAN_ON_ERROR_TEMPFAIL, MX_SCAN_ON_ERROR_ACCEPT };
 enum { MX_LOG_ERROR, MX_LOG_WARNING, MX_LOG_INFO, MX_LOG_DEBUG };
 
 typedef struct mx_config {
@@ -88,6 +89,23 @@ typedef struct mx_config {
     int backend_starttls;
     int backend_tls_verify;
     char *backend_tls_ca;
+
+    /* [clamav] */
+    int clamav_enabled;
+    char *clamav_database;
+    char *clamav_tmpdir;
+    int clamav_threads;
+    int clamav_max_pending;
+    uint64_t clamav_max_scan_size;
+    uint64_t clamav_max_file_size;
+    int clamav_max_recursion;
+    int clamav_max_files;
+    int clamav_max_scan_time;
+    int clamav_alert_exceeds_max;
+    int clamav_on_error;
+    int clamav_add_header;
+    int clamav_canary_interval;
+    int clamav_watch_interval;
 
     /* [admin] */
     char *admin_listen;

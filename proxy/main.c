@@ -17,6 +17,7 @@
 #include <glib.h>
 
 #include "admin.h"
+#include "clam.h"
 #include "config.h"
 #include "log.h"
 #include "server.h"
@@ -25,6 +26,7 @@ typedef struct app {
     struct ev_loop *loop;
     mx_server *srv;
     mx_admin *admin;
+    mx_clam *clam;
     char *file;
     char **overrides;
     ev_signal sigterm, sigint, sighup;
@@ -32,6 +34,30 @@ typedef struct app {
     ev_timer grace_timer;
     int draining;
 } app;
+
+static void clam_log(int level, const char *event, const char *msg)
+{
+    mx_log_msg(level, event, "%s", msg);
+}
+
+/* The scanner's settings, as views into cfg (the scanner copies them). */
+static mx_clam_conf clam_conf(const mx_config *cfg)
+{
+    mx_clam_conf c = {
+        .database = cfg->clamav_database,
+        .tmpdir = cfg->clamav_tmpdir,
+        .max_scan_size = cfg->clamav_max_scan_size,
+        .max_file_size = cfg->clamav_max_file_size,
+        .max_recursion = (uint32_t)cfg->clamav_max_recursion,
+        .max_files = (uint32_t)cfg->clamav_max_files,
+        .max_scan_time = (uint32_t)cfg->clamav_max_scan_time,
+        .alert_exceeds_max = cfg->clamav_alert_exceeds_max,
+        .canary_interval = cfg->clamav_canary_interval,
+        .watch_interval = cfg->clamav_watch_interval,
+        .log = clam_log,
+    };
+    return c;
+}
 
 static void on_drain_timeout(struct ev_loop *loop, ev_timer *t, int revents)
 {
@@ -107,7 +133,16 @@ static void on_hup(struct ev_loop *loop, ev_signal *w, int revents)
         mx_log_msg(MX_LOG_WARNING, "reload",
                    "smtp.listen, smtp.workers and admin.listen change only on restart");
     mx_config_unref(old);
+    if (old->clamav_enabled != nc->clamav_enabled || old->clamav_threads != nc->clamav_threads)
+        mx_log_msg(MX_LOG_WARNING, "reload",
+                   "clamav.enabled and clamav.threads change only on restart");
     mx_log_set_level(nc->log_level);
+    if (a->clam) {
+        /* The new engine is built on the scanner's thread; scans go on
+         * with the old one until it is ready. */
+        mx_clam_conf cc = clam_conf(nc);
+        mx_clam_reload(a->clam, &cc);
+    }
     mx_server_set_config(a->srv, nc);
     mx_log_msg(MX_LOG_INFO, "reload", "configuration reloaded for new sessions");
 }
@@ -161,6 +196,15 @@ int main(int argc, char **argv)
         return 1;
     }
     if (check) {
+        if (cfg->clamav_enabled) {
+            mx_clam_conf cc = clam_conf(cfg);
+            if (mx_clam_check(&cc, &err) < 0) {
+                fprintf(stderr, "mxgate: %s\n", err);
+                g_free(err);
+                mx_config_unref(cfg);
+                return 1;
+            }
+        }
         printf("mxgate: %s: configuration OK\n", file ? file : "(embedded defaults)");
         mx_config_unref(cfg);
         return 0;
@@ -172,10 +216,27 @@ int main(int argc, char **argv)
     a.loop = ev_default_loop(0);
     a.file = file;
     a.overrides = overrides;
+    if (cfg->clamav_enabled) {
+        /* One engine, loaded and checked before the first session. */
+        mx_clam_conf cc = clam_conf(cfg);
+        a.clam = mx_clam_new(&cc, &err);
+        if (!a.clam) {
+            fprintf(stderr, "mxgate: %s\n", err);
+            mx_log_msg(MX_LOG_ERROR, "startup_failed", "%s", err);
+            return 1;
+        }
+    } else {
+        mx_log_msg(MX_LOG_WARNING, "clamav_disabled",
+                   "clamav.enabled = false: messages are relayed without virus scanning");
+    }
     a.srv = mx_server_new(cfg, a.loop, &err);
     if (!a.srv) {
         fprintf(stderr, "mxgate: %s\n", err);
         return 1;
+    }
+    if (a.clam) {
+        mx_server_set_scanner(a.srv, a.clam, cfg->clamav_threads, cfg->clamav_max_pending);
+        mx_clam_start(a.clam);
     }
     a.admin = mx_admin_start(a.srv, a.loop, &err);
     if (!a.admin) {
@@ -211,6 +272,7 @@ int main(int argc, char **argv)
 
     mx_admin_stop(a.admin);
     mx_server_join_free(a.srv);
+    mx_clam_free(a.clam); /* after the scan pool: no scan still holds the engine */
     mx_log_msg(MX_LOG_INFO, "stop", "all sessions finished");
     return 0;
 }

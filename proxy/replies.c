@@ -57,6 +57,10 @@ static const reply table[MX_R__COUNT] = {
     [MX_R_TLS_GO] = {220, "2.0.0", "Ready to start TLS"},
     [MX_R_TLS_ACTIVE] = {503, "5.5.1", "Error: TLS already active"},
     [MX_R_TXN_IN_PROGRESS] = {503, "5.5.1", "Error: MAIL transaction in progress"},
+    [MX_R_MALWARE] = {554, "5.7.1", "Message rejected: virus found: %s"},
+    [MX_R_SCAN_FAILED] = {451, "4.7.0", "Message could not be scanned for viruses, try again later %s"},
+    [MX_R_SCANNER_BUSY] = {451, "4.3.2", "Virus scanner busy, try again later"},
+    [MX_R_SCANNER_DOWN] = {451, "4.7.0", "Virus scanner unavailable, try again later"},
 };
 
 int mx_replies_code(mx_reply_id id) { return table[id].code; }

@@ -58,6 +58,10 @@ typedef enum {
     MX_R_TLS_GO,
     MX_R_TLS_ACTIVE,
     MX_R_TXN_IN_PROGRESS,
+    MX_R_MALWARE,
+    MX_R_SCAN_FAILED,
+    MX_R_SCANNER_BUSY,
+    MX_R_SCANNER_DOWN,
     MX_R__COUNT
 } mx_reply_id;
 

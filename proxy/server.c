@@ -77,7 +77,9 @@ static void stop_listening(mx_worker *w)
 
 static void check_done(mx_worker *w)
 {
-    if (w->draining && g_queue_is_empty(&w->sessions)) {
+    /* A scan still running for a closed session reports back to this
+     * loop: wait for it. */
+    if (w->draining && g_queue_is_empty(&w->sessions) && w->port.inflight == 0) {
         ev_async_stop(w->loop, &w->wake);
         ev_break(w->loop, EVBREAK_ALL);
     }
@@ -211,10 +213,18 @@ void mx_server_join_free(mx_server *srv)
         }
     }
     mx_offload_free(srv->offload);
+    mx_offload_free(srv->scan_pool);
     g_free(srv->workers);
     mx_config_unref(srv->cfg);
     g_mutex_clear(&srv->lock);
     g_free(srv);
+}
+
+void mx_server_set_scanner(mx_server *srv, mx_clam *clam, int threads, int max_pending)
+{
+    srv->clam = clam;
+    srv->scanner = mx_clam_scanner(clam);
+    srv->scan_pool = mx_offload_new(threads, max_pending);
 }
 
 mx_config *mx_server_config(mx_server *srv)

@@ -17,6 +17,7 @@
 #include <ev.h>
 #include <glib.h>
 
+#include "clam.h"
 #include "config.h"
 #include "offload.h"
 #include "relay.h"
@@ -55,7 +56,10 @@ struct mx_server {
     atomic_uint_fast64_t messages_rejected;
     atomic_uint_fast64_t messages_tempfailed;
     mx_spool_budget spool;
-    mx_offload *offload;    /* the one thread pool for blocking work */
+    mx_offload *offload;    /* thread pool for blocking store calls */
+    mx_offload *scan_pool;  /* scan threads (clamav.threads); NULL without a scanner */
+    mx_clam *clam;          /* NULL: clamav.enabled = false; owned by main */
+    mx_scanner *scanner;    /* what sessions scan with: the clam scanner */
     uint32_t node_tag;      /* random per process: session ids are unique across nodes */
 
     struct ev_loop *main_loop;
@@ -70,6 +74,9 @@ void mx_server_start(mx_server *srv);       /* spawn the worker threads */
 void mx_server_drain(mx_server *srv);       /* stop accepting; finish sessions */
 void mx_server_force_close(mx_server *srv); /* close what is left with 421 */
 void mx_server_join_free(mx_server *srv);
+
+/* Scan every message with clam from now on (before mx_server_start). */
+void mx_server_set_scanner(mx_server *srv, mx_clam *clam, int threads, int max_pending);
 
 /* A new reference to the current config snapshot. */
 mx_config *mx_server_config(mx_server *srv);

@@ -174,6 +174,18 @@ void mx_session_log_message(mx_session *s, const char *outcome, const char *repl
     mx_log_kv(l, "tls", s->ssl ? mx_tls_version(s->ssl) : "none");
     if (s->ssl)
         mx_log_kv(l, "cipher", mx_tls_cipher(s->ssl));
+    if (s->txn.scanned) {
+        const mx_scan_result *r = &s->txn.scan;
+        mx_log_kv(l, "scan", r->verdict == MX_SCAN_CLEAN      ? "clean"
+                             : r->verdict == MX_SCAN_INFECTED ? "infected"
+                                                              : "error");
+        if (r->verdict == MX_SCAN_INFECTED)
+            mx_log_kv(l, "virus", r->name);
+        if (r->verdict == MX_SCAN_ERROR)
+            mx_log_kv(l, "scan_error", r->why);
+        mx_log_kv(l, "engine", r->version);
+        mx_log_kvi(l, "scan_ms", s->txn.scan_ms);
+    }
     mx_log_kv(l, "backend", s->relay ? mx_relay_server(s->relay) : "-");
     if (s->relay && *mx_relay_error(s->relay) && outcome[0] == 't')
         mx_log_kv(l, "error", mx_relay_error(s->relay));

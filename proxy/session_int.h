@@ -19,6 +19,7 @@
 #include "data_codec.h"
 #include "relay.h"
 #include "replies.h"
+#include "scanner.h"
 #include "server.h"
 #include "smtp_cmd.h"
 #include "spool.h"
@@ -48,6 +49,9 @@ typedef struct mx_txn {
     int bdat;          /* BDAT used in this transaction */
     int failed;        /* a BDAT chunk failed: only RSET helps */
     gint64 started;
+    int scanned;       /* scan holds a verdict */
+    int scan_ms;
+    mx_scan_result scan;
 } mx_txn;
 
 typedef struct mx_session {
@@ -97,6 +101,7 @@ typedef struct mx_session {
     GString *received;         /* the trace header being sent */
 
     mx_relay *relay;
+    int scanning;              /* a scan job owns the message (scan.c) */
     const char *close_reason;
 } mx_session;
 
@@ -127,6 +132,11 @@ void mx_session_begin_smtp(mx_session *s);
 void mx_smtp_handle_line(mx_session *s, const char *line, size_t len);
 void mx_smtp_message_complete(mx_session *s);
 void mx_smtp_bdat_chunk_done(mx_session *s);
+void mx_smtp_scan_done(mx_session *s);
+
+/* scan.c */
+int mx_scan_busy(mx_session *s);     /* the scan queue is at clamav.max_pending */
+mx_rc mx_scan_start(mx_session *s);  /* MX_AGAIN: queue full, nothing moved */
 
 /* conn.c */
 ssize_t mx_conn_recv(mx_session *s, void *buf, size_t n);

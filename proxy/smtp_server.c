@@ -280,6 +280,12 @@ static int data_precheck(mx_session *s)
         return s->txn.rcpt_tried ? MX_R_NO_VALID_RCPT : MX_R_NEED_RCPT;
     if (!s->relay || !mx_relay_connected(s->relay))
         return MX_R_BACKEND_LOST;
+    /* Refuse before the upload rather than after it. */
+    if (s->w->srv->clam && !mx_clam_healthy(s->w->srv->clam) &&
+        s->cfg->clamav_on_error != MX_SCAN_ON_ERROR_ACCEPT)
+        return MX_R_SCANNER_DOWN;
+    if (mx_scan_busy(s))
+        return MX_R_SCANNER_BUSY;
     return -1;
 }
 
@@ -302,6 +308,11 @@ static void cmd_data(mx_session *s, const char *line, size_t len)
         if (id == MX_R_BACKEND_LOST) {
             mx_session_reply(s, (mx_reply_id)id, NULL);
             mx_session_txn_reset(s);
+        } else if (id == MX_R_SCANNER_DOWN || id == MX_R_SCANNER_BUSY) {
+            /* Not the client's fault: no bad-command count, and the
+             * transaction stays, so DATA may be tried again. */
+            mx_session_reply(s, (mx_reply_id)id, NULL);
+            mx_session_log_reject(s, "data", line, len, (mx_reply_id)id, "scanner");
         } else {
             mx_session_bad_command(s, (mx_reply_id)id, NULL, line, len);
         }
@@ -365,7 +376,33 @@ static void build_received(mx_session *s)
     s->received = g;
 }
 
-/* The whole message is in: reject it locally, or send it on. */
+/* Refuse the message with reply id: log it, and abort the backend's
+ * transaction (nothing was sent past RCPT, so nothing is delivered). */
+static void refuse_message(mx_session *s, mx_reply_id id, const char *arg)
+{
+    GString *t = g_string_new(NULL);
+    mx_replies_format(t, id, arg);
+    mx_session_log_message(s, mx_replies_code(id) / 100 == 4 ? "tempfail" : "rejected", t->str);
+    g_string_free(t, TRUE);
+    rset_then_reply(s, id, arg);
+}
+
+static void send_to_backend(mx_session *s)
+{
+    if (!s->relay || !mx_relay_connected(s->relay)) {
+        GString *t = g_string_new(NULL);
+        mx_replies_format(t, MX_R_BACKEND_LOST, NULL);
+        mx_session_log_message(s, "tempfail", t->str);
+        g_string_append_len(s->out, t->str, t->len);
+        g_string_free(t, TRUE);
+        mx_session_txn_reset(s);
+        return;
+    }
+    wait_backend(s, s->txn.bdat ? MX_CMD_BDAT : MX_CMD_DATA);
+    mx_relay_data(s->relay, s->received->str, s->received->len, &s->spool);
+}
+
+/* The whole message is in: reject it locally, scan it, or send it on. */
 void mx_smtp_message_complete(mx_session *s)
 {
     mx_reply_id id = MX_R__COUNT;
@@ -387,25 +424,72 @@ void mx_smtp_message_complete(mx_session *s)
         arg = num;
     }
     if (id != MX_R__COUNT) {
-        GString *t = g_string_new(NULL);
-        mx_replies_format(t, id, arg);
-        mx_session_log_message(s, id == MX_R_SPOOL_FULL ? "tempfail" : "rejected", t->str);
-        g_string_free(t, TRUE);
-        rset_then_reply(s, id, arg);
-        return;
-    }
-    if (!s->relay || !mx_relay_connected(s->relay)) {
-        GString *t = g_string_new(NULL);
-        mx_replies_format(t, MX_R_BACKEND_LOST, NULL);
-        mx_session_log_message(s, "tempfail", t->str);
-        g_string_append_len(s->out, t->str, t->len);
-        g_string_free(t, TRUE);
-        mx_session_txn_reset(s);
+        refuse_message(s, id, arg);
         return;
     }
     build_received(s);
+    if (!s->w->srv->scanner) {
+        send_to_backend(s);
+        return;
+    }
+    /* The scan sees exactly what the backend would get: our Received
+     * header (which also tells libclamav this is mail) and the message. */
+    if (mx_scan_start(s) != MX_OK) {
+        refuse_message(s, MX_R_SCANNER_BUSY, NULL);
+        return;
+    }
     wait_backend(s, s->txn.bdat ? MX_CMD_BDAT : MX_CMD_DATA);
-    mx_relay_data(s->relay, s->received->str, s->received->len, &s->spool);
+}
+
+/* Header values from the scanner or the config: printable ASCII only, so
+ * nothing can fold or end the header. */
+static void append_safe(GString *g, const char *v)
+{
+    for (; *v; v++)
+        g_string_append_c(g, (*v >= ' ' && *v < 0x7f) ? *v : '?');
+}
+
+/* The scan job is back (scan.c): the message is the session's again. */
+void mx_smtp_scan_done(mx_session *s)
+{
+    const mx_scan_result *r = &s->txn.scan;
+    char arg[200];
+    int tag_unscanned = 0;
+
+    mx_session_to_cmd_phase(s);
+    switch (r->verdict) {
+    case MX_SCAN_CLEAN:
+        break;
+    case MX_SCAN_INFECTED:
+        snprintf(arg, sizeof(arg), "%s [id %s]", r->name, s->sid);
+        refuse_message(s, MX_R_MALWARE, arg);
+        goto out;
+    case MX_SCAN_ERROR:
+    default:
+        if (s->cfg->clamav_on_error == MX_SCAN_ON_ERROR_ACCEPT) {
+            tag_unscanned = 1;
+            break;
+        }
+        snprintf(arg, sizeof(arg), "[id %s]", s->sid);
+        refuse_message(s, MX_R_SCAN_FAILED, arg);
+        goto out;
+    }
+    if (tag_unscanned || s->cfg->clamav_add_header) {
+        g_string_append(s->received, "X-Virus-Scanned: ");
+        g_string_append(s->received, tag_unscanned ? "NOT SCANNED (scanner error), passed by "
+                                                   : "clean by ");
+        g_string_append(s->received, "mxgate (");
+        append_safe(s->received, r->version);
+        g_string_append(s->received, ") on ");
+        g_string_append(s->received, s->cfg->hostname);
+        g_string_append(s->received, "\r\n");
+    }
+    send_to_backend(s);
+out:
+    if (s->phase == MX_PHASE_BACKEND)
+        mx_session_flush(s);
+    else if (s->phase != MX_PHASE_CLOSED)
+        mx_session_process(s);
 }
 
 void mx_smtp_bdat_chunk_done(mx_session *s)

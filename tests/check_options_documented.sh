@@ -1,9 +1,15 @@
 #!/bin/sh
 # Every option the daemon knows must be documented, with its default, in
-# deploy/mxgate.conf, and that file must pass --check.
+# deploy/mxgate.conf, and that file must pass --check (with the test
+# signature set standing in for /var/lib/clamav, which freshclam fills on a
+# real node).
 set -eu
 bin=$1
 conf=$2
+root=$(cd "$(dirname "$0")/.." && pwd)
+db=$(mktemp -d)
+trap 'rm -rf "$db"' EXIT
+sh "$root/deploy/clamav/make-test-db.sh" "$db"
 fail=0
 section=""
 $bin --options | while IFS= read -r line; do
@@ -20,7 +26,7 @@ $bin --options | while IFS= read -r line; do
         exit 1
     fi
 done || fail=1
-$bin -c "$conf" --check >/dev/null || fail=1
+$bin -c "$conf" -o clamav.database="$db" --check >/dev/null || fail=1
 if [ $fail -ne 0 ]; then
     echo "0 passed, 1 failed"
     exit 1

@@ -100,7 +100,14 @@ class Mxgate:
             "smtp.drain_timeout": "10",
             "admin.listen": "%s:%d" % (HOST, self.admin_port),
             "log.level": "debug",
+            # Scanning is on in every test, with the generated signature
+            # set; the X-Virus-Scanned header is off so delivered bytes
+            # compare exactly (tests of the header turn it on).
+            "clamav.database": clamav_test_db(),
+            "clamav.tmpdir": os.path.join(self.dir, "clamtmp"),
+            "clamav.add_header": "false",
         }
+        os.makedirs(os.path.join(self.dir, "clamtmp"), exist_ok=True)
         self.conf.update(conf or {})
         self.proc = None
         self.lines = []

@@ -1,6 +1,7 @@
 """mxtest_core: loopback ports, bounded waits, skips, the reaper and message
 helpers shared by every part of the integration harness (see mxtest.py)."""
 
+import atexit
 import json
 import os
 import re
@@ -30,9 +31,35 @@ RECIPIENTS = (
     "δοκιμή@example.test",
 )
 EXIM_CACHE = os.environ.get("MXTEST_EXIM_CACHE", "/var/cache/mxgate-test/exim")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # the usual out-of-tree build: <repository>/build/proxy/mxgate
-DEFAULT_MXGATE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "build", "proxy", "mxgate")
+DEFAULT_MXGATE = os.path.join(REPO, "build", "proxy", "mxgate")
+MAKE_TEST_DB = os.path.join(REPO, "deploy", "clamav", "make-test-db.sh")
+# What the test signature set detects (deploy/clamav/make-test-db.sh).
+EICAR = (b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*")
+TEST_MARKER = b"MXGATE-TEST-MARKER-7f3a"
+
+
+_clamav_db = None
+
+
+def make_clamav_db(path):
+    """Write the test signature set (EICAR by MD5, mxgate's .ndb markers) into path."""
+    subprocess.run(["sh", MAKE_TEST_DB, path], check=True, timeout=60,
+                   stdout=subprocess.DEVNULL)
+    return path
+
+
+def clamav_test_db():
+    """One test signature directory per test process, shared by its mxgate instances."""
+    global _clamav_db
+    if _clamav_db is None:
+        if shutil.which("sigtool") is None:
+            raise AssertionError("sigtool not found: install Debian package clamav")
+        d = tempfile.mkdtemp(prefix="mxtest-clamdb-")
+        atexit.register(shutil.rmtree, d, True)
+        _clamav_db = make_clamav_db(d)
+    return _clamav_db
 
 
 # ---------------------------------------------------------------- waiting
