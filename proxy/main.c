@@ -132,10 +132,10 @@ static void on_hup(struct ev_loop *loop, ev_signal *w, int revents)
         strcmp(old->admin_listen, nc->admin_listen) != 0)
         mx_log_msg(MX_LOG_WARNING, "reload",
                    "smtp.listen, smtp.workers and admin.listen change only on restart");
-    mx_config_unref(old);
     if (old->clamav_enabled != nc->clamav_enabled || old->clamav_threads != nc->clamav_threads)
         mx_log_msg(MX_LOG_WARNING, "reload",
                    "clamav.enabled and clamav.threads change only on restart");
+    mx_config_unref(old);
     mx_log_set_level(nc->log_level);
     if (a->clam) {
         /* The new engine is built on the scanner's thread; scans go on

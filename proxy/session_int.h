@@ -90,7 +90,7 @@ typedef struct mx_session {
     mx_cmd_verb pending;       /* command the backend is working on */
     mx_reply_id after_rset;    /* reply to give once a backend RSET completes;
                                   MX_R__COUNT = already given */
-    char after_rset_arg[24];
+    char after_rset_arg[256];  /* fits a signature name and the session id */
     mx_data_dec dec;
     mx_spool spool;
     uint64_t raw_bytes;        /* octets read for this message, as sent */

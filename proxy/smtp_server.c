@@ -312,7 +312,8 @@ static void cmd_data(mx_session *s, const char *line, size_t len)
             /* Not the client's fault: no bad-command count, and the
              * transaction stays, so DATA may be tried again. */
             mx_session_reply(s, (mx_reply_id)id, NULL);
-            mx_session_log_reject(s, "data", line, len, (mx_reply_id)id, "scanner");
+            mx_session_log_reject(s, "data", line, len, (mx_reply_id)id,
+                                  id == MX_R_SCANNER_BUSY ? "scanner_busy" : "scanner_failing");
         } else {
             mx_session_bad_command(s, (mx_reply_id)id, NULL, line, len);
         }

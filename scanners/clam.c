@@ -39,12 +39,17 @@ typedef struct engine {
     char version[80]; /* "ClamAV 1.4.6/<db_version>" for results */
     uint64_t fingerprint; /* of the database directory it was loaded from */
     struct cl_scan_options opts; /* from the settings it was built with */
+    uint64_t max_file_size;
+    int alert_exceeds_max;
 } engine;
 
 /* What libclamav said while this thread was working for us. */
 typedef struct cl_report {
     int errors;
     char first_error[160];
+    uint64_t max_file_size; /* the engine's, for the inspection callback */
+    int alert_exceeds_max;
+    int trimmed;            /* an extracted file was cut at max_file_size */
 } cl_report;
 
 static _Thread_local cl_report *tl_report;
@@ -230,6 +235,8 @@ static cl_error_t scan_memory(engine *e, const char *p, size_t len, const char *
                               cl_report *r)
 {
     memset(r, 0, sizeof(*r));
+    r->max_file_size = e->max_file_size;
+    r->alert_exceeds_max = e->alert_exceeds_max;
     cl_fmap_t *map = cl_fmap_open_memory(p, len);
     if (!map) {
         r->errors = 1;
@@ -243,7 +250,31 @@ static cl_error_t scan_memory(engine *e, const char *p, size_t len, const char *
     cl_error_t rc = cl_scanmap_callback(map, NULL, virname, &scanned, e->cl, &o, r);
     tl_report = NULL;
     cl_fmap_close(map);
+    if (rc == CL_VIRUS && r->trimmed)
+        *virname = "Heuristics.Limits.Exceeded.MaxFileSize";
     return rc;
+}
+
+/*
+ * libclamav cuts an extracted file at max_file_size ("trimming output
+ * size") and scans the rest of the message without a word, even with
+ * CL_SCAN_HEURISTIC_EXCEEDS_MAX: a zip holding one huge member (a zip bomb,
+ * or malware past 25 MiB of padding) would pass partly unscanned. The
+ * inspection callback sees every extracted file with its size, so a file
+ * that reached the limit is flagged here instead.
+ */
+static cl_error_t on_inspect(int fd, const char *type, const char **ancestors,
+                             size_t parent_file_size, const char *file_name, size_t file_size,
+                             const char *file_buffer, uint32_t recursion_level,
+                             uint32_t layer_attributes, void *context)
+{
+    cl_report *r = context;
+    if (r && r->alert_exceeds_max && recursion_level > 0 && r->max_file_size &&
+        (uint64_t)file_size >= r->max_file_size) {
+        r->trimmed = 1;
+        return CL_VIRUS;
+    }
+    return CL_CLEAN;
 }
 
 static void set_num(struct cl_engine *cl, enum cl_engine_field f, long long v, int *bad)
@@ -336,6 +367,7 @@ static engine *engine_build(mx_clam *c, const mx_clam_conf *conf, char *why, siz
         cl_engine_free(cl);
         return NULL;
     }
+    cl_engine_set_clcb_file_inspection(cl, on_inspect);
     unsigned sigs = 0;
     cl_report r = {0};
     tl_report = &r;
@@ -360,6 +392,8 @@ static engine *engine_build(mx_clam *c, const mx_clam_conf *conf, char *why, siz
     e->sigs = sigs;
     e->fingerprint = fp;
     e->opts = scan_options(conf);
+    e->max_file_size = conf->max_file_size;
+    e->alert_exceeds_max = conf->alert_exceeds_max;
     int err = 0;
     long long dbv = cl_engine_get_num(cl, CL_ENGINE_DB_VERSION, &err);
     if (!err && dbv > 0)
