@@ -11,6 +11,8 @@
 #ifndef MX_STORE_H
 #define MX_STORE_H
 
+#include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include <glib.h>
@@ -23,6 +25,16 @@ typedef enum {
 
 typedef struct mx_store mx_store;
 
+/* Node-local counts a store keeps about itself (for logs and /metrics). */
+typedef struct mx_store_stats {
+    atomic_uint_fast64_t errors;         /* calls that failed at the server */
+    atomic_uint_fast64_t fast_failed;    /* calls refused by an open breaker */
+    atomic_uint_fast64_t bad_records;    /* records that failed their HMAC: ignored */
+    atomic_uint_fast64_t breaker_opened; /* times a breaker opened */
+} mx_store_stats;
+
+enum { MX_BREAKER_CLOSED, MX_BREAKER_OPEN, MX_BREAKER_HALF_OPEN };
+
 typedef struct mx_store_ops {
     const char *name;
     mx_store_rc (*get)(mx_store *s, const char *key, GBytes **val);
@@ -31,6 +43,9 @@ typedef struct mx_store_ops {
     mx_store_rc (*incr)(mx_store *s, const char *key, uint64_t delta, int ttl, uint64_t *now);
     mx_store_rc (*del)(mx_store *s, const char *key);
     void (*destroy)(mx_store *s);
+    const mx_store_stats *(*stats)(mx_store *s);
+    /* Server i's name and breaker state (MX_BREAKER_*); -1 past the last. */
+    int (*server_state)(mx_store *s, int i, char *name, size_t n);
 } mx_store_ops;
 
 struct mx_store {
@@ -40,6 +55,20 @@ struct mx_store {
 /* The in-process store: same semantics as memcached, for one node. The
  * clock is injectable for tests (NULL = g_get_monotonic_time in seconds). */
 mx_store *mx_store_embedded_new(int64_t (*clock)(void));
+
+typedef struct mx_memcached_conf {
+    const char *servers;      /* "HOST:PORT;HOST:PORT" */
+    const unsigned char *key; /* the cluster key (HMAC), 16..64 bytes */
+    size_t keylen;
+    int timeout_ms;           /* connect, send, receive, poll */
+    int dead_timeout;         /* seconds a refusing server stays ejected */
+    int breaker_failures;     /* failures in a row that open a server's breaker */
+    int breaker_cooldown_ms;  /* open this long, then one probe */
+    void (*log)(int level, const char *event, const char *msg); /* may be NULL */
+} mx_memcached_conf;
+
+/* The memcached store. NULL with *err set on a bad server list or key. */
+mx_store *mx_store_memcached_new(const mx_memcached_conf *conf, char **err);
 
 static inline mx_store_rc mx_store_get(mx_store *s, const char *k, GBytes **v)
 {

@@ -1,0 +1,426 @@
+/*
+ * test_store_memcached.c: the memcached store against real memcached
+ * servers started by the test on loopback.
+ *
+ * What must hold: records round-trip and counters are exact under
+ * concurrent increments from many threads (incr -> add -> incr); counters
+ * are created with their expiry; a forged record, or a genuine one copied
+ * under another key, reads as absent and is counted; keys spread over the
+ * servers; a killed server fails its keys without hanging the others; a
+ * hung server (SIGSTOP) opens its breaker, after which its keys fail at
+ * once, and it closes again after SIGCONT.
+ */
+#include <signal.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <unistd.h>
+
+#include <glib.h>
+#include <libmemcached/memcached.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
+
+#include "store.h"
+
+static const unsigned char KEY[] = "0123456789abcdef0123456789abcdef";
+
+typedef struct server {
+    GPid pid;
+    int port;
+} server;
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t l = sizeof(a);
+    g_assert_cmpint(bind(fd, (struct sockaddr *)&a, sizeof(a)), ==, 0);
+    g_assert_cmpint(getsockname(fd, (struct sockaddr *)&a, &l), ==, 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static int port_open(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int ok = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+    close(fd);
+    return ok;
+}
+
+static void server_start(server *s)
+{
+    s->port = free_port();
+    char port[16];
+    snprintf(port, sizeof(port), "%d", s->port);
+    const char *bin = g_file_test("/usr/bin/memcached", G_FILE_TEST_IS_EXECUTABLE)
+                          ? "/usr/bin/memcached" : "memcached";
+    char *argv[] = {(char *)bin, "-l", "127.0.0.1", "-p", port, "-U", "0", "-m", "16",
+                    "-u", "nobody", NULL};
+    GError *e = NULL;
+    if (!g_spawn_async(NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_SEARCH_PATH, NULL,
+                       NULL, &s->pid, &e))
+        g_error("memcached: %s (install Debian package memcached)", e->message);
+    for (int i = 0; i < 200 && !port_open(s->port); i++)
+        g_usleep(10000);
+    g_assert_true(port_open(s->port));
+}
+
+static void server_stop(server *s)
+{
+    if (s->pid > 0) {
+        kill(s->pid, SIGCONT);
+        kill(s->pid, SIGKILL);
+        waitpid(s->pid, NULL, 0);
+        g_spawn_close_pid(s->pid);
+        s->pid = 0;
+    }
+}
+
+/* SIGSTOP is asynchronous: wait until the process is really stopped. */
+static void wait_stopped(GPid pid)
+{
+    char path[64], *text = NULL;
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    for (int i = 0; i < 500; i++) {
+        if (g_file_get_contents(path, &text, NULL, NULL)) {
+            const char *rp = strrchr(text, ')');
+            int stopped = rp && (rp[2] == 'T' || rp[2] == 't');
+            g_free(text);
+            if (stopped)
+                return;
+        }
+        g_usleep(2000);
+    }
+    g_error("memcached %d did not stop", (int)pid);
+}
+
+static mx_store *store_for(server *sv, int n, int breaker_failures)
+{
+    GString *list = g_string_new(NULL);
+    for (int i = 0; i < n; i++)
+        g_string_append_printf(list, "%s127.0.0.1:%d", i ? ";" : "", sv[i].port);
+    mx_memcached_conf c = {
+        .servers = list->str,
+        .key = KEY,
+        .keylen = 32,
+        .timeout_ms = 50,
+        .dead_timeout = 2,
+        .breaker_failures = breaker_failures,
+        .breaker_cooldown_ms = 500,
+    };
+    char *err = NULL;
+    mx_store *s = mx_store_memcached_new(&c, &err);
+    if (!s)
+        g_error("%s", err);
+    g_string_free(list, TRUE);
+    return s;
+}
+
+/* The physical key, as the store derives it (the test knows the cluster key). */
+static void phys_key(const char *logical, char out[37])
+{
+    unsigned char mac[32];
+    unsigned int n = 0;
+    GString *in = g_string_new_len("key\0", 4);
+    g_string_append(in, logical);
+    EVP_MAC *m = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    EVP_MAC_CTX *c = EVP_MAC_CTX_new(m);
+    OSSL_PARAM p[] = {OSSL_PARAM_construct_utf8_string("digest", (char *)"SHA256", 0),
+                      OSSL_PARAM_construct_end()};
+    size_t outl = 0;
+    g_assert_true(EVP_MAC_init(c, KEY, 32, p));
+    EVP_MAC_update(c, (const unsigned char *)in->str, in->len);
+    EVP_MAC_final(c, mac, &outl, sizeof(mac));
+    n = (unsigned)outl;
+    g_assert_cmpuint(n, ==, 32);
+    EVP_MAC_CTX_free(c);
+    EVP_MAC_free(m);
+    g_string_free(in, TRUE);
+    memcpy(out, "mx1:", 4);
+    for (int i = 0; i < 16; i++)
+        snprintf(out + 4 + 2 * i, 3, "%02x", mac[i]);
+}
+
+static memcached_st *raw_client(server *sv)
+{
+    memcached_st *m = memcached_create(NULL);
+    memcached_server_add(m, "127.0.0.1", (in_port_t)sv->port);
+    return m;
+}
+
+static void test_roundtrip_and_expiry(void)
+{
+    server sv = {0};
+    server_start(&sv);
+    mx_store *s = store_for(&sv, 1, 3);
+    GBytes *v = NULL;
+    g_assert_cmpint(mx_store_get(s, "rep:ip:192.0.2.1", &v), ==, MX_STORE_NOT_FOUND);
+    const char rec[] = "a record \0 with a NUL";
+    g_assert_cmpint(mx_store_set(s, "rep:ip:192.0.2.1", rec, sizeof(rec), 60), ==, MX_STORE_OK);
+    g_assert_cmpint(mx_store_get(s, "rep:ip:192.0.2.1", &v), ==, MX_STORE_OK);
+    gsize n = 0;
+    const char *d = g_bytes_get_data(v, &n);
+    g_assert_cmpmem(d, n, rec, sizeof(rec));
+    g_bytes_unref(v);
+
+    /* logical keys may hold anything memcached keys may not */
+    g_assert_cmpint(mx_store_set(s, "rep:sender:a b\r\nc@δ.test", "x", 1, 60), ==, MX_STORE_OK);
+    g_assert_cmpint(mx_store_get(s, "rep:sender:a b\r\nc@δ.test", &v), ==, MX_STORE_OK);
+    g_bytes_unref(v);
+
+    uint64_t now = 0;
+    g_assert_cmpint(mx_store_incr(s, "rl:x", 5, 1, &now), ==, MX_STORE_OK);
+    g_assert_cmpuint(now, ==, 5);
+    g_assert_cmpint(mx_store_incr(s, "rl:x", 2, 1, &now), ==, MX_STORE_OK);
+    g_assert_cmpuint(now, ==, 7);
+    /* created with its expiry: gone after it (memcached counts whole seconds) */
+    g_usleep(2200000);
+    g_assert_cmpint(mx_store_incr(s, "rl:x", 1, 1, &now), ==, MX_STORE_OK);
+    g_assert_cmpuint(now, ==, 1);
+    g_assert_cmpint(mx_store_del(s, "rl:x"), ==, MX_STORE_OK);
+    g_assert_cmpint(mx_store_incr(s, "rl:x", 3, 60, &now), ==, MX_STORE_OK);
+    g_assert_cmpuint(now, ==, 3);
+    mx_store_free(s);
+    server_stop(&sv);
+}
+
+typedef struct incr_ctx {
+    mx_store *s;
+    atomic_int errors;
+} incr_ctx;
+
+static gpointer incr_loop(gpointer p)
+{
+    incr_ctx *c = p;
+    for (int i = 0; i < 500; i++) {
+        uint64_t now;
+        if (mx_store_incr(c->s, "rl:hot", 1, 60, &now) != MX_STORE_OK)
+            atomic_fetch_add(&c->errors, 1);
+    }
+    return NULL;
+}
+
+static void test_concurrent_incr_is_exact(void)
+{
+    server sv = {0};
+    server_start(&sv);
+    mx_store *s = store_for(&sv, 1, 3);
+    incr_ctx c = {.s = s};
+    GThread *t[8];
+    for (int i = 0; i < 8; i++)
+        t[i] = g_thread_new("incr", incr_loop, &c);
+    for (int i = 0; i < 8; i++)
+        g_thread_join(t[i]);
+    g_assert_cmpint(atomic_load(&c.errors), ==, 0);
+    uint64_t now = 0;
+    g_assert_cmpint(mx_store_incr(s, "rl:hot", 0, 60, &now), ==, MX_STORE_OK);
+    g_assert_cmpuint(now, ==, 8 * 500);
+    mx_store_free(s);
+    server_stop(&sv);
+}
+
+static void test_tampered_records_are_ignored(void)
+{
+    server sv = {0};
+    server_start(&sv);
+    mx_store *s = store_for(&sv, 1, 3);
+    memcached_st *raw = raw_client(&sv);
+    char k[37], k2[37];
+    phys_key("rep:ip:203.0.113.9", k);
+    phys_key("rep:ip:198.51.100.1", k2);
+
+    /* 1: plain bytes written straight into memcached (no HMAC) */
+    const char forged[] = "allow me";
+    g_assert_cmpint(memcached_set(raw, k, strlen(k), forged, sizeof(forged), 60, 0), ==,
+                    MEMCACHED_SUCCESS);
+    GBytes *v = NULL;
+    g_assert_cmpint(mx_store_get(s, "rep:ip:203.0.113.9", &v), ==, MX_STORE_NOT_FOUND);
+    g_assert_null(v);
+
+    /* 2: right format, made-up MAC */
+    char buf[1 + 32 + 8];
+    buf[0] = 1;
+    memset(buf + 1, 0xAB, 32);
+    memcpy(buf + 33, "allow me", 8);
+    memcached_set(raw, k, strlen(k), buf, sizeof(buf), 60, 0);
+    g_assert_cmpint(mx_store_get(s, "rep:ip:203.0.113.9", &v), ==, MX_STORE_NOT_FOUND);
+
+    /* 3: a genuine record, copied under another key */
+    g_assert_cmpint(mx_store_set(s, "rep:ip:198.51.100.1", "allowed", 7, 60), ==, MX_STORE_OK);
+    size_t len = 0;
+    uint32_t flags;
+    memcached_return_t rc;
+    char *genuine = memcached_get(raw, k2, strlen(k2), &len, &flags, &rc);
+    g_assert_nonnull(genuine);
+    memcached_set(raw, k, strlen(k), genuine, len, 60, 0);
+    free(genuine);
+    g_assert_cmpint(mx_store_get(s, "rep:ip:203.0.113.9", &v), ==, MX_STORE_NOT_FOUND);
+    /* the original still reads */
+    g_assert_cmpint(mx_store_get(s, "rep:ip:198.51.100.1", &v), ==, MX_STORE_OK);
+    g_bytes_unref(v);
+
+    /* 4: one flipped bit in a genuine record */
+    genuine = memcached_get(raw, k2, strlen(k2), &len, &flags, &rc);
+    genuine[len - 1] ^= 1;
+    memcached_set(raw, k2, strlen(k2), genuine, len, 60, 0);
+    free(genuine);
+    g_assert_cmpint(mx_store_get(s, "rep:ip:198.51.100.1", &v), ==, MX_STORE_NOT_FOUND);
+
+    g_assert_cmpuint(atomic_load(&s->ops->stats(s)->bad_records), ==, 4);
+    memcached_free(raw);
+    mx_store_free(s);
+    server_stop(&sv);
+}
+
+static uint64_t items_on(server *sv)
+{
+    memcached_st *raw = raw_client(sv);
+    memcached_return_t rc;
+    memcached_stat_st *st = memcached_stat(raw, NULL, &rc);
+    g_assert_nonnull(st);
+    uint64_t n = st[0].curr_items;
+    memcached_stat_free(raw, st);
+    memcached_free(raw);
+    return n;
+}
+
+static void test_two_servers_spread_and_a_killed_one(void)
+{
+    server sv[2] = {{0}, {0}};
+    server_start(&sv[0]);
+    server_start(&sv[1]);
+    mx_store *s = store_for(sv, 2, 3);
+    char key[64];
+    for (int i = 0; i < 200; i++) {
+        snprintf(key, sizeof(key), "rl:k%d", i);
+        g_assert_cmpint(mx_store_incr(s, key, 1, 60, NULL), ==, MX_STORE_OK);
+    }
+    uint64_t a = items_on(&sv[0]), b = items_on(&sv[1]);
+    g_assert_cmpuint(a + b, ==, 200);
+    g_assert_cmpuint(a, >, 40);
+    g_assert_cmpuint(b, >, 40);
+
+    /* kill one: calls fail or succeed, each within a bounded time */
+    server_stop(&sv[1]);
+    int ok = 0, failed = 0;
+    gint64 worst = 0;
+    for (int i = 0; i < 200; i++) {
+        snprintf(key, sizeof(key), "rl:k%d", i);
+        gint64 t0 = g_get_monotonic_time();
+        mx_store_rc rc = mx_store_incr(s, key, 1, 60, NULL);
+        gint64 dt = g_get_monotonic_time() - t0;
+        if (dt > worst)
+            worst = dt;
+        if (rc == MX_STORE_OK)
+            ok++;
+        else
+            failed++;
+    }
+    g_assert_cmpint(ok, >=, (int)a); /* the live server's keys never fail */
+    g_assert_cmpint(failed, >, 0);   /* the dead one's do, at least until ejected */
+    g_assert_cmpint(worst, <, 500000);
+    mx_store_free(s);
+    server_stop(&sv[0]);
+}
+
+static void test_hung_server_opens_the_breaker(void)
+{
+    server sv[2] = {{0}, {0}};
+    server_start(&sv[0]);
+    server_start(&sv[1]);
+    mx_store *s = store_for(sv, 2, 3);
+    /* keys on server 1 */
+    GPtrArray *keys = g_ptr_array_new_with_free_func(g_free);
+    for (int i = 0; keys->len < 20 && i < 1000; i++) {
+        char *k = g_strdup_printf("rl:h%d", i);
+        uint64_t before = items_on(&sv[1]);
+        mx_store_incr(s, k, 1, 60, NULL);
+        if (items_on(&sv[1]) > before)
+            g_ptr_array_add(keys, k);
+        else
+            g_free(k);
+    }
+    g_assert_cmpuint(keys->len, ==, 20);
+
+    kill(sv[1].pid, SIGSTOP);
+    wait_stopped(sv[1].pid);
+    gint64 slow = 0, fast_worst = 0;
+    int failed = 0;
+    for (guint i = 0; i < keys->len; i++) {
+        gint64 t0 = g_get_monotonic_time();
+        mx_store_rc rc = mx_store_incr(s, keys->pdata[i], 1, 60, NULL);
+        gint64 dt = g_get_monotonic_time() - t0;
+        if (rc != MX_STORE_OK)
+            failed++;
+        if (g_test_verbose())
+            g_printerr("call %u rc %d %lld us\n", i, rc, (long long)dt);
+        if (i < 3)
+            slow += dt;
+        else if (dt > fast_worst)
+            fast_worst = dt;
+    }
+    g_assert_cmpint(failed, ==, (int)keys->len);
+    char name[64];
+    g_assert_cmpint(s->ops->server_state(s, 1, name, sizeof(name)), ==, MX_BREAKER_OPEN);
+    g_assert_cmpuint(atomic_load(&s->ops->stats(s)->breaker_opened), ==, 1);
+    g_assert_cmpuint(atomic_load(&s->ops->stats(s)->fast_failed), >=, 17);
+    /* the first calls pay the timeout; once open, calls do not wait */
+    g_assert_cmpint(fast_worst, <, 5000);
+    g_assert_cmpint(slow, <, 3 * 400000);
+    /* the other server is unaffected */
+    g_assert_cmpint(mx_store_incr(s, "rl:elsewhere-probe", 1, 60, NULL) == MX_STORE_OK ||
+                        items_on(&sv[0]) > 0, ==, 1);
+
+    kill(sv[1].pid, SIGCONT);
+    gint64 end = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
+    mx_store_rc rc = MX_STORE_ERROR;
+    while (g_get_monotonic_time() < end) {
+        rc = mx_store_incr(s, keys->pdata[0], 1, 60, NULL);
+        if (rc == MX_STORE_OK)
+            break;
+        g_usleep(50000);
+    }
+    g_assert_cmpint(rc, ==, MX_STORE_OK);
+    g_assert_cmpint(s->ops->server_state(s, 1, name, sizeof(name)), ==, MX_BREAKER_CLOSED);
+    g_ptr_array_free(keys, TRUE);
+    mx_store_free(s);
+    server_stop(&sv[0]);
+    server_stop(&sv[1]);
+}
+
+static void test_bad_config(void)
+{
+    char *err = NULL;
+    mx_memcached_conf c = {.servers = "127.0.0.1", .key = KEY, .keylen = 32};
+    g_assert_null(mx_store_memcached_new(&c, &err));
+    g_assert_nonnull(strstr(err, "HOST:PORT"));
+    g_clear_pointer(&err, g_free);
+    c.servers = "127.0.0.1:11211";
+    c.keylen = 8;
+    g_assert_null(mx_store_memcached_new(&c, &err));
+    g_assert_nonnull(strstr(err, "key"));
+    g_free(err);
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    g_test_add_func("/store_memcached/roundtrip_and_expiry", test_roundtrip_and_expiry);
+    g_test_add_func("/store_memcached/concurrent_incr_is_exact", test_concurrent_incr_is_exact);
+    g_test_add_func("/store_memcached/tampered_records_are_ignored",
+                    test_tampered_records_are_ignored);
+    g_test_add_func("/store_memcached/two_servers_spread_and_a_killed_one",
+                    test_two_servers_spread_and_a_killed_one);
+    g_test_add_func("/store_memcached/hung_server_opens_the_breaker",
+                    test_hung_server_opens_the_breaker);
+    g_test_add_func("/store_memcached/bad_config", test_bad_config);
+    return g_test_run();
+}
