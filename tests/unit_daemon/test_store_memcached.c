@@ -24,6 +24,7 @@
 #include <openssl/evp.h>
 #include <openssl/params.h>
 
+#include "ratelimit.h"
 #include "store.h"
 
 static const unsigned char KEY[] = "0123456789abcdef0123456789abcdef";
@@ -395,6 +396,52 @@ static void test_hung_server_opens_the_breaker(void)
     server_stop(&sv[1]);
 }
 
+typedef struct node {
+    mx_store *s;
+    const mx_rl_rule *r;
+    int64_t now;
+    atomic_int *passed;
+} node;
+
+static gpointer node_run(gpointer p)
+{
+    node *n = p;
+    for (int i = 0; i < 10; i++) {
+        mx_rl_result res;
+        mx_rl_hit(n->s, NULL, n->r, "sender@x.test", 1, n->now, &res);
+        g_assert_cmpint(res.verdict, !=, MX_RL_STORE_DOWN);
+        if (res.verdict == MX_RL_PASS)
+            atomic_fetch_add(n->passed, 1);
+    }
+    return NULL;
+}
+
+/* Three nodes, each with its own store handle on the same two servers,
+ * send 10 each against a limit of 10: exactly 10 pass. */
+static void test_rate_limit_exact_across_three_nodes(void)
+{
+    server sv[2] = {{0}, {0}};
+    server_start(&sv[0]);
+    server_start(&sv[1]);
+    mx_rl_rule r = {.name = (char *)"msgs", .key = MX_RL_SENDER, .count = MX_RL_MESSAGES,
+                    .limit = 10, .window = 3600, .algorithm = MX_RL_FIXED,
+                    .on_store_down = MX_RL_DOWN_CLOSED};
+    atomic_int passed = 0;
+    node n[3];
+    GThread *t[3];
+    for (int i = 0; i < 3; i++) {
+        n[i] = (node){.s = store_for(sv, 2, 3), .r = &r, .now = 1700000000, .passed = &passed};
+        t[i] = g_thread_new("node", node_run, &n[i]);
+    }
+    for (int i = 0; i < 3; i++) {
+        g_thread_join(t[i]);
+        mx_store_free(n[i].s);
+    }
+    g_assert_cmpint(atomic_load(&passed), ==, 10);
+    server_stop(&sv[0]);
+    server_stop(&sv[1]);
+}
+
 static void test_bad_config(void)
 {
     char *err = NULL;
@@ -421,6 +468,8 @@ int main(int argc, char **argv)
                     test_two_servers_spread_and_a_killed_one);
     g_test_add_func("/store_memcached/hung_server_opens_the_breaker",
                     test_hung_server_opens_the_breaker);
+    g_test_add_func("/store_memcached/rate_limit_exact_across_three_nodes",
+                    test_rate_limit_exact_across_three_nodes);
     g_test_add_func("/store_memcached/bad_config", test_bad_config);
     return g_test_run();
 }
