@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 
 #include "admin.h"
+#include "policy.h"
 #include "log.h"
 
 #define REQ_MAX 2048
@@ -105,6 +106,8 @@ static void handle_request(http_conn *c)
             atomic_load(&srv->backend_up), atomic_load(&srv->draining),
             (long long)atomic_load(&srv->spool.used));
         GString *m = g_string_new(body);
+        if (srv->policy)
+            mx_policy_metrics(srv->policy, m);
         if (srv->clam) {
             mx_clam_status cs;
             mx_clam_get_status(srv->clam, &cs);

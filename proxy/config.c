@@ -160,6 +160,46 @@ static const option options[] = {
     {"clamav", "watch_interval", OPT_INT, O(clamav_watch_interval), "5", 0, 86400, NULL,
      "seconds between looks at clamav.database for new files; 0 = reload on SIGHUP only"},
 
+    {"cluster", "memcached", OPT_STR, O(cluster_memcached), "", 0, 0, NULL,
+     "';'-separated HOST:PORT memcached servers shared by all nodes; empty = embedded store"},
+    {"cluster", "key_file", OPT_STR, O(cluster_key_file), "", 0, 0, NULL,
+     "file holding the cluster key (16 to 64 bytes) that signs records in memcached"},
+    {"cluster", "timeout", OPT_INT, O(cluster_timeout), "50", 1, 10000, NULL,
+     "milliseconds for a memcached connect, send, receive or reply"},
+    {"cluster", "dead_timeout", OPT_INT, O(cluster_dead_timeout), "5", 1, 3600, NULL,
+     "seconds a memcached server that refuses connections stays ejected"},
+    {"cluster", "breaker_failures", OPT_INT, O(cluster_breaker_failures), "3", 1, 1000, NULL,
+     "failures in a row that open a server's circuit breaker"},
+    {"cluster", "breaker_cooldown", OPT_INT, O(cluster_breaker_cooldown), "1000", 10, 600000, NULL,
+     "milliseconds an open breaker fails calls at once before one probe"},
+    {"cluster", "threads", OPT_INT, O(cluster_threads), "8", 1, 256, NULL,
+     "threads for store calls (they wait on the network, not the CPU)"},
+    {"cluster", "cache_ttl", OPT_INT, O(cluster_cache_ttl), "10", 0, 3600, NULL,
+     "seconds a node caches a reputation read, found or not; 0 = no cache"},
+    {"cluster", "generation_poll", OPT_INT, O(cluster_generation_poll), "1000", 100, 60000, NULL,
+     "milliseconds between looks at the feed generation; a change empties the cache"},
+
+    {"reputation", "enabled", OPT_BOOL, O(rep_enabled), "true", 0, 0, NULL,
+     "check and update sender reputation (client IP, network, sender domain and address)"},
+    {"reputation", "connect_reject", OPT_INT, O(rep_connect_reject), "-100", -1000000, 1000000,
+     NULL, "a client IP or network scoring this or less gets 554 at connect"},
+    {"reputation", "mail_reject", OPT_INT, O(rep_mail_reject), "-50", -1000000, 1000000, NULL,
+     "a score this or less (IP, domain or sender) gets 550 at MAIL"},
+    {"reputation", "tempfail", OPT_INT, O(rep_tempfail), "-20", -1000000, 1000000, NULL,
+     "a score this or less gets 451 at MAIL"},
+    {"reputation", "penalty_malware", OPT_INT, O(rep_penalty_malware), "50", 0, 1000000, NULL,
+     "points taken from client IP, sender domain and sender per infected message"},
+    {"reputation", "penalty_ratelimit", OPT_INT, O(rep_penalty_ratelimit), "5", 0, 1000000, NULL,
+     "points taken from the client IP per rate limit hit"},
+    {"reputation", "penalty_pregreet", OPT_INT, O(rep_penalty_pregreet), "10", 0, 1000000, NULL,
+     "points taken from the client IP for talking before the greeting"},
+    {"reputation", "penalty_unknown_rcpt", OPT_INT, O(rep_penalty_unknown_rcpt), "2", 0, 1000000,
+     NULL, "points taken from the client IP per recipient the backend refused with 5xx"},
+    {"reputation", "credit_delivered", OPT_INT, O(rep_credit_delivered), "1", 0, 1000000, NULL,
+     "points given to client IP, sender domain and sender per delivered clean message"},
+    {"reputation", "decay", OPT_INT, O(rep_decay), "86400", 60, 31536000, NULL,
+     "seconds after which automatic points count half, and after twice that not at all"},
+
     {"admin", "listen", OPT_STR, O(admin_listen), "127.0.0.1:8025", 0, 0, NULL,
      "ADDR:PORT of the HTTP endpoint for /health; empty = off"},
 
@@ -182,7 +222,7 @@ static int parse_int64(const char *s, int64_t *v, int allow_suffix)
     char *e;
     errno = 0;
     long long n = strtoll(s, &e, 10);
-    if (errno || e == s || n < 0)
+    if (errno || e == s || (n < 0 && allow_suffix))
         return -1;
     if (allow_suffix && *e) {
         long long m = 1;
@@ -407,7 +447,7 @@ static int derive_nets(mx_config *c, char **err)
         int64_t bits = -1;
         if (slash) {
             *slash = '\0';
-            if (parse_int64(slash + 1, &bits, 0) < 0)
+            if (parse_int64(slash + 1, &bits, 0) < 0 || bits < 0)
                 bits = 999;
         }
         if (inet_pton(AF_INET, host, n.addr) == 1) {
@@ -460,6 +500,8 @@ int mx_config_net_match(const mx_net *nets, int n, const struct sockaddr_storage
     return 0;
 }
 
+static int derive_rules(mx_config *c, char **err);
+
 /* A message larger than the scanner's limits would pass partly unscanned:
  * refuse the combination rather than leave that gap. */
 static int check_scan_cover(mx_config *c, char **err)
@@ -483,8 +525,13 @@ static int check_scan_cover(mx_config *c, char **err)
 static int derive(mx_config *c, char **err)
 {
     if (derive_listens(c, err) < 0 || derive_backends(c, err) < 0 || derive_nets(c, err) < 0 ||
-        check_scan_cover(c, err) < 0)
+        check_scan_cover(c, err) < 0 || derive_rules(c, err) < 0)
         return -1;
+    if (*c->cluster_memcached && !*c->cluster_key_file) {
+        *err = g_strdup("cluster.memcached is set but cluster.key_file is not: records in "
+                        "memcached must be signed with the cluster key");
+        return -1;
+    }
     if (*c->admin_listen) {
         char *e = NULL;
         if (mx_config_parse_addr(c->admin_listen, &c->admin, &e) < 0) {
@@ -511,12 +558,147 @@ static int derive(mx_config *c, char **err)
     return 0;
 }
 
+/* [ratelimit:NAME] groups are open-ended: their keys are kept as read and
+ * turned into rules by derive_rules(). */
+static const char *const rl_keys[] = {"key", "count", "limit", "window", "algorithm", "action",
+                                      "on_store_down", NULL};
+
+static int rl_set(mx_config *c, const char *group, const char *key, const char *value,
+                  char **err)
+{
+    const char *name = group + strlen("ratelimit:");
+    if (!*name) {
+        *err = g_strdup_printf("[%s]: a rate limit needs a name, as in [ratelimit:NAME]", group);
+        return -1;
+    }
+    for (const char *p = name; *p; p++) {
+        if (!g_ascii_isalnum(*p) && *p != '_' && *p != '-') {
+            *err = g_strdup_printf("[%s]: rule names use letters, digits, '_' and '-'", group);
+            return -1;
+        }
+    }
+    int known = 0;
+    for (int i = 0; rl_keys[i]; i++)
+        known |= strcmp(rl_keys[i], key) == 0;
+    if (!known) {
+        *err = g_strdup_printf("unknown option %s.%s (a rate limit has key, count, limit, "
+                               "window, algorithm, action, on_store_down)", group, key);
+        return -1;
+    }
+    if (!c->rl_raw)
+        c->rl_raw = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                          (GDestroyNotify)g_hash_table_unref);
+    GHashTable *kv = g_hash_table_lookup(c->rl_raw, name);
+    if (!kv) {
+        kv = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+        g_hash_table_insert(c->rl_raw, g_strdup(name), kv);
+    }
+    g_hash_table_insert(kv, g_strdup(key), g_strstrip(g_strdup(value)));
+    return 0;
+}
+
+static int rl_field(const char *name, GHashTable *kv, const char *key, const char *def,
+                    int (*parse)(const char *), const char *expect, int *out, char **err)
+{
+    const char *v = g_hash_table_lookup(kv, key);
+    if (!v)
+        v = def;
+    if (!v) {
+        *err = g_strdup_printf("ratelimit:%s: %s is required (%s)", name, key, expect);
+        return -1;
+    }
+    *out = parse(v);
+    if (*out < 0) {
+        *err = g_strdup_printf("ratelimit:%s.%s: bad value \"%s\" (expected %s)", name, key, v,
+                               expect);
+        return -1;
+    }
+    return 0;
+}
+
+static gint cmp_str(gconstpointer a, gconstpointer b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static int derive_rules(mx_config *c, char **err)
+{
+    if (!c->rl_raw)
+        return 0;
+    guint n = 0;
+    gpointer *names = g_hash_table_get_keys_as_array(c->rl_raw, &n);
+    qsort(names, n, sizeof(*names), (int (*)(const void *, const void *))cmp_str);
+    c->rules = g_new0(mx_rl_rule, n);
+    for (guint i = 0; i < n; i++) {
+        const char *name = names[i];
+        GHashTable *kv = g_hash_table_lookup(c->rl_raw, name);
+        mx_rl_rule *r = &c->rules[c->nrules++];
+        r->name = g_strdup(name);
+        int key, count, algo, action, down;
+        if (rl_field(name, kv, "key", NULL, mx_rl_key_parse,
+                     "client_ip, client_net, helo, sender, sender_domain, recipient or "
+                     "recipient_domain", &key, err) < 0 ||
+            rl_field(name, kv, "count", NULL, mx_rl_count_parse,
+                     "connections, messages, recipients or bytes", &count, err) < 0 ||
+            rl_field(name, kv, "algorithm", "fixed", mx_rl_algo_parse, "fixed or sliding", &algo,
+                     err) < 0 ||
+            rl_field(name, kv, "action", "tempfail", mx_rl_action_parse, "tempfail or reject",
+                     &action, err) < 0 ||
+            rl_field(name, kv, "on_store_down", "local", mx_rl_down_parse,
+                     "open, closed or local", &down, err) < 0) {
+            g_free(names);
+            return -1;
+        }
+        r->key = (mx_rl_key)key;
+        r->count = (mx_rl_count)count;
+        r->algorithm = (mx_rl_algo)algo;
+        r->action = (mx_rl_action)action;
+        r->on_store_down = (mx_rl_down)down;
+        const char *lim = g_hash_table_lookup(kv, "limit");
+        const char *win = g_hash_table_lookup(kv, "window");
+        int64_t v = 0;
+        if (!lim || parse_int64(lim, &v, 1) < 0 || v < 1) {
+            *err = g_strdup_printf("ratelimit:%s.limit: %s (expected a number of at least 1)",
+                                   name, lim ? lim : "required");
+            g_free(names);
+            return -1;
+        }
+        r->limit = (uint64_t)v;
+        if (!win || parse_int64(win, &v, 0) < 0 || v < 1 || v > 30 * 86400) {
+            *err = g_strdup_printf("ratelimit:%s.window: %s (expected seconds, 1 to 2592000)",
+                                   name, win ? win : "required");
+            g_free(names);
+            return -1;
+        }
+        r->window = (int)v;
+        if (r->count == MX_RL_CONNECTIONS && r->key != MX_RL_CLIENT_IP &&
+            r->key != MX_RL_CLIENT_NET) {
+            *err = g_strdup_printf("ratelimit:%s: connections are counted before MAIL, so the "
+                                   "key must be client_ip or client_net", name);
+            g_free(names);
+            return -1;
+        }
+    }
+    g_free(names);
+    return 0;
+}
+
 static int apply_keyfile(mx_config *c, GKeyFile *kf, const char *file, char **err)
 {
     g_auto(GStrv) groups = g_key_file_get_groups(kf, NULL);
     for (char **g = groups; *g; g++) {
         g_auto(GStrv) keys = g_key_file_get_keys(kf, *g, NULL, NULL);
         for (char **k = keys; k && *k; k++) {
+            if (g_str_has_prefix(*g, "ratelimit:")) {
+                g_autofree char *v = g_key_file_get_value(kf, *g, *k, NULL);
+                char *e = NULL;
+                if (rl_set(c, *g, *k, v ? v : "", &e) < 0) {
+                    *err = g_strdup_printf("%s: %s", file, e);
+                    g_free(e);
+                    return -1;
+                }
+                continue;
+            }
             const option *o = find_option(*g, *k);
             if (!o) {
                 *err = g_strdup_printf("%s: unknown option %s.%s", file, *g, *k);
@@ -567,6 +749,15 @@ mx_config *mx_config_load(const char *file, char **overrides, char **err)
         }
         g_autofree char *section = g_strndup(*ov, (size_t)(dot - *ov));
         g_autofree char *key = g_strndup(dot + 1, (size_t)(eq - dot - 1));
+        if (g_str_has_prefix(section, "ratelimit:")) {
+            char *e = NULL;
+            if (rl_set(c, section, key, eq + 1, &e) < 0) {
+                *err = g_strdup_printf("-o: %s", e);
+                g_free(e);
+                goto fail;
+            }
+            continue;
+        }
         const option *o = find_option(section, key);
         if (!o) {
             *err = g_strdup_printf("-o: unknown option %s.%s", section, key);
@@ -626,6 +817,11 @@ void mx_config_unref(mx_config *c)
     mx_tls_free(c->tls_server);
     mx_tls_free(c->tls_client);
     g_free(c->source_file);
+    for (int i = 0; i < c->nrules; i++)
+        g_free(c->rules[i].name);
+    g_free(c->rules);
+    if (c->rl_raw)
+        g_hash_table_unref(c->rl_raw);
     g_free(c);
 }
 

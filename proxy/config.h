@@ -17,6 +17,8 @@
 
 #include <glib.h>
 
+#include "ratelimit.h"
+
 typedef struct mx_addr {
     struct sockaddr_storage sa;
     socklen_t len;
@@ -107,6 +109,29 @@ typedef struct mx_config {
     int clamav_canary_interval;
     int clamav_watch_interval;
 
+    /* [cluster] */
+    char *cluster_memcached;
+    char *cluster_key_file;
+    int cluster_timeout;
+    int cluster_dead_timeout;
+    int cluster_breaker_failures;
+    int cluster_breaker_cooldown;
+    int cluster_threads;
+    int cluster_cache_ttl;
+    int cluster_generation_poll;
+
+    /* [reputation] */
+    int rep_enabled;
+    int rep_connect_reject;
+    int rep_mail_reject;
+    int rep_tempfail;
+    int rep_penalty_malware;
+    int rep_penalty_ratelimit;
+    int rep_penalty_pregreet;
+    int rep_penalty_unknown_rcpt;
+    int rep_credit_delivered;
+    int rep_decay;
+
     /* [admin] */
     char *admin_listen;
 
@@ -124,6 +149,9 @@ typedef struct mx_config {
     struct mx_tls *tls_server; /* NULL: no certificate configured */
     struct mx_tls *tls_client; /* NULL: backend.starttls = none */
     char *source_file; /* NULL when running on embedded defaults */
+    mx_rl_rule *rules; /* [ratelimit:NAME] groups, in name order */
+    int nrules;
+    GHashTable *rl_raw; /* name -> (key -> value) as read, until derived */
 } mx_config;
 
 /*

@@ -20,6 +20,7 @@
 #include "clam.h"
 #include "config.h"
 #include "log.h"
+#include "policy.h"
 #include "server.h"
 
 typedef struct app {
@@ -229,11 +230,19 @@ int main(int argc, char **argv)
         mx_log_msg(MX_LOG_WARNING, "clamav_disabled",
                    "clamav.enabled = false: messages are relayed without virus scanning");
     }
+    mx_policy *policy = mx_policy_new(cfg, &err);
+    if (!policy) {
+        fprintf(stderr, "mxgate: %s\n", err);
+        mx_log_msg(MX_LOG_ERROR, "startup_failed", "%s", err);
+        return 1;
+    }
     a.srv = mx_server_new(cfg, a.loop, &err);
     if (!a.srv) {
         fprintf(stderr, "mxgate: %s\n", err);
         return 1;
     }
+    a.srv->policy = policy;
+    mx_policy_start(policy);
     if (a.clam) {
         mx_server_set_scanner(a.srv, a.clam, cfg->clamav_threads, cfg->clamav_max_pending);
         mx_clam_start(a.clam);
@@ -264,6 +273,8 @@ int main(int argc, char **argv)
         mx_log_kv(l, "backend", cfg->backend_servers);
         mx_log_kv(l, "forward", (const char *[]){"xclient", "xforward", "proxy", "none"}[cfg->forward]);
         mx_log_kv(l, "admin", cfg->admin_listen);
+        mx_log_kv(l, "store", *cfg->cluster_memcached ? cfg->cluster_memcached : "embedded");
+        mx_log_kvi(l, "ratelimits", cfg->nrules);
         mx_log_end(l);
     }
     mx_config_unref(cfg);
@@ -272,6 +283,7 @@ int main(int argc, char **argv)
 
     mx_admin_stop(a.admin);
     mx_server_join_free(a.srv);
+    mx_policy_free(policy);
     mx_clam_free(a.clam); /* after the scan pool: no scan still holds the engine */
     mx_log_msg(MX_LOG_INFO, "stop", "all sessions finished");
     return 0;

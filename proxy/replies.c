@@ -61,6 +61,14 @@ static const reply table[MX_R__COUNT] = {
     [MX_R_SCAN_FAILED] = {451, "4.7.0", "Message could not be scanned for viruses, try again later %s"},
     [MX_R_SCANNER_BUSY] = {451, "4.3.2", "Virus scanner busy, try again later"},
     [MX_R_SCANNER_DOWN] = {451, "4.7.0", "Virus scanner unavailable, try again later"},
+    [MX_R_REP_CONNECT] = {554, "5.7.1", "Service refused to your address by policy %s"},
+    [MX_R_REP_MAIL] = {550, "5.7.1", "Sender refused by policy %s"},
+    [MX_R_REP_TEMP] = {451, "4.7.1", "Sender temporarily deferred by policy, try again later %s"},
+    [MX_R_RATE_CONNECT] = {421, "4.7.0", "Too many connections from your address, try again later %s"},
+    [MX_R_RATE_TEMP] = {451, "4.7.0", "Rate limit exceeded, try again later %s"},
+    [MX_R_RATE_REJECT] = {550, "5.7.0", "Rate limit exceeded %s"},
+    [MX_R_STORE_DOWN_CONNECT] = {421, "4.3.0", "Policy store unavailable, try again later %s"},
+    [MX_R_STORE_DOWN] = {451, "4.3.0", "Policy store unavailable, try again later %s"},
 };
 
 int mx_replies_code(mx_reply_id id) { return table[id].code; }

@@ -62,6 +62,14 @@ typedef enum {
     MX_R_SCAN_FAILED,
     MX_R_SCANNER_BUSY,
     MX_R_SCANNER_DOWN,
+    MX_R_REP_CONNECT,
+    MX_R_REP_MAIL,
+    MX_R_REP_TEMP,
+    MX_R_RATE_CONNECT,
+    MX_R_RATE_TEMP,
+    MX_R_RATE_REJECT,
+    MX_R_STORE_DOWN_CONNECT,
+    MX_R_STORE_DOWN,
     MX_R__COUNT
 } mx_reply_id;
 

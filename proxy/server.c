@@ -136,7 +136,7 @@ mx_server *mx_server_new(mx_config *cfg, struct ev_loop *main_loop, char **err)
 
     /* Blocking work (scans, store calls) runs here; the backlog bound is
      * what lets a session answer 4xx rather than queue without limit. */
-    srv->offload = mx_offload_new(0, 4 * cfg->max_sessions);
+    srv->offload = mx_offload_new(cfg->cluster_threads, 4 * cfg->max_sessions);
     int n = cfg->workers > 0 ? cfg->workers : (int)g_get_num_processors();
     srv->nworkers = n;
     srv->workers = g_new0(mx_worker, n);

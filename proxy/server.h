@@ -60,6 +60,7 @@ struct mx_server {
     mx_offload *scan_pool;  /* scan threads (clamav.threads); NULL without a scanner */
     mx_clam *clam;          /* NULL: clamav.enabled = false; owned by main */
     mx_scanner *scanner;    /* what sessions scan with: the clam scanner */
+    struct mx_policy *policy; /* reputation and rate limits; owned by main */
     uint32_t node_tag;      /* random per process: session ids are unique across nodes */
 
     struct ev_loop *main_loop;

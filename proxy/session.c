@@ -53,6 +53,7 @@ void mx_session_unref(mx_session *s)
 {
     if (--s->refs > 0)
         return;
+    g_free(s->pol_line);
     mx_config_unref(s->cfg);
     g_free(s);
 }
@@ -484,6 +485,7 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
         /* RFC 5321 3.1: the client waits for the greeting. */
         mx_session_reply(s, MX_R_PREGREET, NULL);
         mx_session_log_reject(s, "connect", s->in.pos, mx_buf_used(&s->in), MX_R_PREGREET, "pregreet");
+        mx_policy_feedback(s, MX_FB_PREGREET);
         mx_session_close_after_reply(s, "pregreet");
         goto out;
     }
@@ -496,11 +498,35 @@ out:
     mx_session_unref(s);
 }
 
-static void greet(mx_session *s)
+static void send_greeting(mx_session *s)
 {
     mx_session_reply(s, MX_R_GREETING, s->cfg->hostname);
     mx_session_to_cmd_phase(s);
     mx_session_process(s);
+}
+
+static void after_connect_policy(mx_session *s, const mx_pol_result *r)
+{
+    if (!r->refuse) {
+        send_greeting(s);
+        return;
+    }
+    s->phase = MX_PHASE_CMD;
+    mx_session_reply(s, r->reply, r->arg);
+    mx_session_log_reject(s, "connect", NULL, 0, r->reply, r->why);
+    if (r->ratelimited)
+        mx_policy_feedback(s, MX_FB_RATELIMIT);
+    mx_session_close_after_reply(s, r->ratelimited ? "ratelimit" : "policy");
+}
+
+/* Reputation and connection limits decide before the banner. Meanwhile
+ * the session stays in MX_PHASE_GREET: a client that talks is a pregreet. */
+static void greet(mx_session *s)
+{
+    s->phase = MX_PHASE_GREET;
+    mx_session_set_timer(s, 0);
+    ev_io_start(s->w->loop, &s->rio);
+    mx_policy_check(s, MX_POL_CONNECT, NULL, 0, after_connect_policy);
 }
 
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
@@ -633,6 +659,7 @@ void mx_session_begin_smtp(mx_session *s)
         s->phase = MX_PHASE_CMD;
         mx_session_reply(s, MX_R_PREGREET, NULL);
         mx_session_log_reject(s, "connect", NULL, 0, MX_R_PREGREET, "pregreet");
+        mx_policy_feedback(s, MX_FB_PREGREET);
         mx_session_close_after_reply(s, "pregreet");
         return;
     }

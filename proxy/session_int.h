@@ -16,6 +16,7 @@
 #include <openssl/ssl.h>
 
 #include "buf.h"
+#include "policy.h"
 #include "data_codec.h"
 #include "relay.h"
 #include "replies.h"
@@ -102,6 +103,9 @@ typedef struct mx_session {
 
     mx_relay *relay;
     int scanning;              /* a scan job owns the message (scan.c) */
+    int policy_wait;           /* a policy check runs on the store pool */
+    int pol_allowed;           /* allow-listed: rate limits and scores skipped */
+    char *pol_line;            /* the backend line of the RCPT being checked */
     const char *close_reason;
 } mx_session;
 

@@ -19,6 +19,7 @@
 #include "tls.h"
 
 static void relay_done(void *owner, mx_relay_status st, const mx_reply *r);
+static void after_data_policy(mx_session *s, const mx_pol_result *r);
 
 static void relay_client(mx_session *s)
 {
@@ -105,6 +106,8 @@ static void relay_done(void *owner, mx_relay_status st, const mx_reply *r)
                 s->txn.nrcpt++;
             else
                 g_clear_pointer(&s->txn.first_rcpt, g_free);
+            if (r->code / 100 == 5)
+                mx_policy_feedback(s, MX_FB_UNKNOWN_RCPT);
         } else {
             mx_session_reply(s, fail_id, NULL);
             mx_session_log_reject(s, "rcpt", NULL, 0, fail_id, mx_relay_error(s->relay));
@@ -133,8 +136,10 @@ static void relay_done(void *owner, mx_relay_status st, const mx_reply *r)
             outcome = "tempfail";
         }
         g_string_append_len(s->out, t->str, t->len);
-        if (ok)
+        if (ok) {
             s->nmsgs++;
+            mx_policy_feedback(s, MX_FB_DELIVERED);
+        }
         mx_session_log_message(s, outcome, t->str);
         g_string_free(t, TRUE);
         /* A 4xx/5xx to DATA leaves the backend in a transaction. */
@@ -207,6 +212,58 @@ static void cmd_ehlo(mx_session *s, const mx_cmd *c, int esmtp)
                            (unsigned long long)s->cfg->max_message_size);
 }
 
+/* A policy check runs on the store pool: wait as for the backend. */
+static void wait_policy(mx_session *s)
+{
+    s->phase = MX_PHASE_BACKEND;
+    s->pending = MX_CMD_UNKNOWN;
+    mx_session_set_timer(s, 0);
+}
+
+static void policy_refused(mx_session *s, const char *what, const mx_pol_result *r)
+{
+    mx_session_reply(s, r->reply, r->arg);
+    mx_session_log_reject(s, what, NULL, 0, r->reply, r->why);
+    if (r->ratelimited)
+        mx_policy_feedback(s, MX_FB_RATELIMIT);
+}
+
+static void after_mail_policy(mx_session *s, const mx_pol_result *r)
+{
+    if (r->refuse) {
+        policy_refused(s, "mail", r);
+        mx_session_txn_reset(s);
+        return;
+    }
+    relay_client(s);
+    char *bl = g_steal_pointer(&s->pol_line);
+    wait_backend(s, MX_CMD_MAIL);
+    mx_relay_mail(s->relay, bl);
+    g_free(bl);
+}
+
+static void after_rcpt_policy(mx_session *s, const mx_pol_result *r)
+{
+    if (r->refuse) {
+        policy_refused(s, "rcpt", r);
+        g_clear_pointer(&s->pol_line, g_free);
+        if (s->txn.nrcpt == 0)
+            g_clear_pointer(&s->txn.first_rcpt, g_free);
+        return;
+    }
+    if (!s->relay || !mx_relay_connected(s->relay)) {
+        mx_session_reply(s, MX_R_BACKEND_LOST, NULL);
+        mx_session_txn_reset(s);
+        g_clear_pointer(&s->pol_line, g_free);
+        return;
+    }
+    char *bl = g_steal_pointer(&s->pol_line);
+    s->txn.rcpt_tried++;
+    wait_backend(s, MX_CMD_RCPT);
+    mx_relay_rcpt(s->relay, bl);
+    g_free(bl);
+}
+
 static void cmd_mail(mx_session *s, const mx_cmd *c, const char *line, size_t len)
 {
     if (!s->helo) {
@@ -231,10 +288,11 @@ static void cmd_mail(mx_session *s, const mx_cmd *c, const char *line, size_t le
     s->txn.from = g_strndup(c->path.p, c->path.len);
     s->txn.smtputf8 = c->smtputf8;
     s->txn.started = g_get_monotonic_time();
-    relay_client(s);
-    g_autofree char *bl = backend_line("MAIL FROM:", c);
-    wait_backend(s, MX_CMD_MAIL);
-    mx_relay_mail(s->relay, bl);
+    g_free(s->pol_line);
+    s->pol_line = backend_line("MAIL FROM:", c);
+    mx_policy_check(s, MX_POL_MAIL, NULL, 0, after_mail_policy);
+    if (s->policy_wait)
+        wait_policy(s);
 }
 
 static void cmd_rcpt(mx_session *s, const mx_cmd *c, const char *line, size_t len)
@@ -264,10 +322,12 @@ static void cmd_rcpt(mx_session *s, const mx_cmd *c, const char *line, size_t le
     }
     if (!s->txn.first_rcpt && s->txn.nrcpt == 0)
         s->txn.first_rcpt = g_strndup(c->path.p, c->path.len);
-    g_autofree char *bl = backend_line("RCPT TO:", c);
-    s->txn.rcpt_tried++;
-    wait_backend(s, MX_CMD_RCPT);
-    mx_relay_rcpt(s->relay, bl);
+    g_free(s->pol_line);
+    s->pol_line = backend_line("RCPT TO:", c);
+    g_autofree char *rcpt = g_strndup(c->path.p, c->path.len);
+    mx_policy_check(s, MX_POL_RCPT, rcpt, 0, after_rcpt_policy);
+    if (s->policy_wait)
+        wait_policy(s);
 }
 
 /* Checks shared by DATA and the first BDAT; returns a reply id or -1. */
@@ -428,6 +488,26 @@ void mx_smtp_message_complete(mx_session *s)
         refuse_message(s, id, arg);
         return;
     }
+    /* byte-count rate limits, now that the size is known */
+    mx_policy_check(s, MX_POL_DATA, NULL, s->spool.size, after_data_policy);
+    if (s->policy_wait)
+        wait_policy(s);
+}
+
+static void after_data_policy(mx_session *s, const mx_pol_result *r)
+{
+    if (r->refuse) {
+        GString *t = g_string_new(NULL);
+        mx_replies_format(t, r->reply, r->arg);
+        mx_session_log_message(s, mx_replies_code(r->reply) / 100 == 4 ? "tempfail" : "rejected",
+                               t->str);
+        g_string_free(t, TRUE);
+        mx_session_log_reject(s, "data", NULL, 0, r->reply, r->why);
+        if (r->ratelimited)
+            mx_policy_feedback(s, MX_FB_RATELIMIT);
+        rset_then_reply(s, r->reply, r->arg);
+        return;
+    }
     build_received(s);
     if (!s->w->srv->scanner) {
         send_to_backend(s);
@@ -462,6 +542,7 @@ void mx_smtp_scan_done(mx_session *s)
     case MX_SCAN_CLEAN:
         break;
     case MX_SCAN_INFECTED:
+        mx_policy_feedback(s, MX_FB_MALWARE);
         snprintf(arg, sizeof(arg), "%s [id %s]", r->name, s->sid);
         refuse_message(s, MX_R_MALWARE, arg);
         goto out;

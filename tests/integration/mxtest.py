@@ -106,6 +106,10 @@ class Mxgate:
             "clamav.database": clamav_test_db(),
             "clamav.tmpdir": os.path.join(self.dir, "clamtmp"),
             "clamav.add_header": "false",
+            # Automatic reputation would remember every hostile session a
+            # test sends from 127.0.0.1 and refuse the next test's client;
+            # the reputation tests turn it on.
+            "reputation.enabled": "false",
         }
         os.makedirs(os.path.join(self.dir, "clamtmp"), exist_ok=True)
         self.conf.update(conf or {})

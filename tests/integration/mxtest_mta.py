@@ -1,15 +1,20 @@
 """mxtest_mta: the private backends, a Postfix and an Exim 4.96 on loopback
 with their own config and spool directories (see mxtest.py)."""
 
+import atexit
 import os
 import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import unittest
 
 
 from mxtest_core import *  # noqa: F401,F403
+
+POSTFIX_MASTER = "/usr/lib/postfix/sbin/master"
+_queue_template = None
 
 # ---------------------------------------------------------------- Postfix
 
@@ -184,12 +189,31 @@ class PostfixInstance:
                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, timeout=timeout, check=check)
 
+    def _make_queue(self):
+        """Queue directories as `postfix check` makes them (owners, modes,
+        the setgid maildrop). The check takes about 2 s, so it runs once per
+        test process, and later instances copy its fresh, empty result."""
+        global _queue_template
+        if _queue_template is None:
+            r = self.postfix("check", check=False)
+            if r.returncode != 0:
+                raise RuntimeError("postfix check failed: %s\n%s" % (r.stdout.decode(), self.log()))
+            _queue_template = tempfile.mkdtemp(prefix="mxtest-pfqueue-")
+            atexit.register(shutil.rmtree, _queue_template, True)
+            subprocess.run(["cp", "-a", self.queue + "/.", _queue_template], check=True)
+        else:
+            subprocess.run(["cp", "-a", _queue_template + "/.", self.queue], check=True)
+
     def start(self):
         self._write_config()
         self._reap_key = reaper.add(cmd=["/usr/sbin/postfix", "-c", self.conf, "abort"])
-        r = self.postfix("start", check=False)
+        self._make_queue()
+        # master -w returns once the daemon has initialised (what
+        # `postfix start` runs after its check).
+        r = subprocess.run([POSTFIX_MASTER, "-c", self.conf, "-w"], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
         if r.returncode != 0:
-            raise RuntimeError("postfix start failed: %s\n%s" % (r.stdout.decode(), self.log()))
+            raise RuntimeError("postfix master failed: %s\n%s" % (r.stdout.decode(), self.log()))
         self.running = True
         wait_port(self.port, 20)
         return self
@@ -197,11 +221,18 @@ class PostfixInstance:
     def stop(self):
         if self.running:
             self.running = False
-            r = self.postfix("stop", check=False)
-            if r.returncode != 0:
+            pid = self.master_pid()
+            try:
+                if pid:
+                    os.kill(pid, signal.SIGTERM) # master stops its children and exits
+            except ProcessLookupError:
+                pass
+            try:
+                wait_until(lambda: not self._master_alive(), 10, interval=0.02,
+                           what="postfix master exit")
+            except AssertionError:
                 self.postfix("abort", check=False)
-            wait_until(lambda: not os.path.exists(os.path.join(self.queue, "pid", "master.pid"))
-                       or not self._master_alive(), 20, what="postfix master exit")
+                wait_until(lambda: not self._master_alive(), 10, what="postfix master exit")
         reaper.remove(self._reap_key)
         self._reap_key = None
 

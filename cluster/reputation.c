@@ -1,0 +1,369 @@
+/*
+ * reputation.c: see reputation.h.
+ */
+#include <arpa/inet.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mxgate.pb-c.h"
+#include "reputation.h"
+
+#define REC_VERSION 1
+#define GENERATION_KEY "rep:generation"
+
+static const char *const kind_names[] = {"ip", "net", "domain", "sender", NULL};
+
+const char *mx_rep_kind_name(mx_rep_kind k) { return kind_names[k]; }
+
+int mx_rep_kind_parse(const char *s)
+{
+    for (int i = 0; kind_names[i]; i++)
+        if (strcmp(kind_names[i], s) == 0)
+            return i;
+    return -1;
+}
+
+static char *net_text(int family, unsigned char *a, int prefix)
+{
+    int bytes = family == AF_INET ? 4 : 16;
+    for (int i = 0; i < bytes; i++) {
+        int keep = prefix - 8 * i;
+        if (keep <= 0)
+            a[i] = 0;
+        else if (keep < 8)
+            a[i] &= (unsigned char)(0xff << (8 - keep));
+    }
+    char t[INET6_ADDRSTRLEN];
+    inet_ntop(family, a, t, sizeof(t));
+    return g_strdup_printf("%s/%d", t, prefix);
+}
+
+char *mx_rep_normalize(mx_rep_kind kind, const char *value, char **err)
+{
+    unsigned char a[16];
+    char t[INET6_ADDRSTRLEN];
+    switch (kind) {
+    case MX_REP_IP:
+        if (inet_pton(AF_INET, value, a) == 1)
+            return g_strdup(inet_ntop(AF_INET, a, t, sizeof(t)));
+        if (inet_pton(AF_INET6, value, a) == 1)
+            return g_strdup(inet_ntop(AF_INET6, a, t, sizeof(t)));
+        *err = g_strdup_printf("\"%s\" is not an IP address", value);
+        return NULL;
+    case MX_REP_NET: {
+        const char *slash = strchr(value, '/');
+        char *end = NULL;
+        long prefix = slash ? strtol(slash + 1, &end, 10) : -1;
+        g_autofree char *host = slash ? g_strndup(value, (size_t)(slash - value)) : NULL;
+        if (!slash || !end || *end || end == slash + 1) {
+            *err = g_strdup_printf("\"%s\" is not a network (ADDR/PREFIX)", value);
+            return NULL;
+        }
+        if (inet_pton(AF_INET, host, a) == 1) {
+            if (prefix != 16 && prefix != 24) {
+                *err = g_strdup_printf("\"%s\": IPv4 networks are /16 or /24 (what nodes look "
+                                       "up); use ip for a single address", value);
+                return NULL;
+            }
+            return net_text(AF_INET, a, (int)prefix);
+        }
+        if (inet_pton(AF_INET6, host, a) == 1) {
+            if (prefix != 48 && prefix != 64) {
+                *err = g_strdup_printf("\"%s\": IPv6 networks are /48 or /64 (what nodes look "
+                                       "up)", value);
+                return NULL;
+            }
+            return net_text(AF_INET6, a, (int)prefix);
+        }
+        *err = g_strdup_printf("\"%s\" is not a network (ADDR/PREFIX)", value);
+        return NULL;
+    }
+    case MX_REP_DOMAIN:
+        if (!*value || strchr(value, '@') || strchr(value, ' ') || !g_utf8_validate(value, -1, NULL)) {
+            *err = g_strdup_printf("\"%s\" is not a domain", value);
+            return NULL;
+        }
+        return g_utf8_strdown(value, -1);
+    case MX_REP_SENDER: {
+        const char *at = strrchr(value, '@');
+        if (!at || at == value || !at[1] || strchr(value, ' ') ||
+            !g_utf8_validate(value, -1, NULL)) {
+            *err = g_strdup_printf("\"%s\" is not a sender address (local@domain)", value);
+            return NULL;
+        }
+        return g_utf8_strdown(value, -1);
+    }
+    }
+    *err = g_strdup("unknown kind");
+    return NULL;
+}
+
+int mx_rep_networks(const char *ip, char *out[2])
+{
+    unsigned char a[16], b[16];
+    if (inet_pton(AF_INET, ip, a) == 1) {
+        memcpy(b, a, 4);
+        out[0] = net_text(AF_INET, a, 24);
+        out[1] = net_text(AF_INET, b, 16);
+        return 2;
+    }
+    if (inet_pton(AF_INET6, ip, a) == 1) {
+        memcpy(b, a, 16);
+        out[0] = net_text(AF_INET6, a, 64);
+        out[1] = net_text(AF_INET6, b, 48);
+        return 2;
+    }
+    return 0;
+}
+
+/* ---- records ---- */
+
+static char *rec_key(mx_rep_kind kind, const char *value)
+{
+    return g_strdup_printf("rep:%s:%s", kind_names[kind], value);
+}
+
+static char *points_key(const char *what, mx_rep_kind kind, const char *value, int64_t period)
+{
+    return g_strdup_printf("%s:%s:%lld:%s", what, kind_names[kind], (long long)period, value);
+}
+
+static mx_store_rc read_points(mx_store *s, const char *what, mx_rep_kind kind,
+                               const char *value, int64_t now, int decay, double *out)
+{
+    int64_t p = now / decay;
+    uint64_t cur = 0, prev = 0;
+    char *k1 = points_key(what, kind, value, p);
+    char *k0 = points_key(what, kind, value, p - 1);
+    mx_store_rc rc = mx_store_incr(s, k1, 0, 2 * decay + 60, &cur);
+    if (rc == MX_STORE_OK)
+        rc = mx_store_incr(s, k0, 0, decay + 60, &prev);
+    g_free(k1);
+    g_free(k0);
+    *out = (double)cur + (double)prev / 2;
+    return rc;
+}
+
+mx_store_rc mx_rep_read(mx_store *s, mx_rep_kind kind, const char *value, int64_t now, int decay,
+                        mx_rep *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->read_at = now;
+    char *k = rec_key(kind, value);
+    GBytes *b = NULL;
+    mx_store_rc rc = mx_store_get(s, k, &b);
+    g_free(k);
+    if (rc == MX_STORE_ERROR)
+        return rc;
+    if (rc == MX_STORE_OK) {
+        gsize n = 0;
+        const uint8_t *d = g_bytes_get_data(b, &n);
+        Mxgate__Reputation *r = mxgate__reputation__unpack(NULL, n, d);
+        /* undecodable or of a version we do not know: absent, not trusted */
+        if (r && r->version == REC_VERSION &&
+            !(r->has_expires_unix && r->expires_unix && r->expires_unix <= (uint64_t)now)) {
+            out->found = 1;
+            out->score = r->has_score ? r->score : 0;
+            out->block = r->has_block && r->block;
+            out->allow = r->has_allow && r->allow;
+            out->updated = r->has_updated_unix ? r->updated_unix : 0;
+            out->expires = r->has_expires_unix ? r->expires_unix : 0;
+            g_strlcpy(out->reason, r->reason ? r->reason : "", sizeof(out->reason));
+            g_strlcpy(out->source, r->source ? r->source : "", sizeof(out->source));
+        }
+        if (r)
+            mxgate__reputation__free_unpacked(r, NULL);
+        g_bytes_unref(b);
+    }
+    double credit = 0, penalty = 0;
+    if (read_points(s, "repc", kind, value, now, decay, &credit) != MX_STORE_OK ||
+        read_points(s, "repp", kind, value, now, decay, &penalty) != MX_STORE_OK)
+        return MX_STORE_ERROR;
+    double a = credit - penalty;
+    out->auto_points = a > 1e6 ? 1000000 : a < -1e6 ? -1000000 : (int32_t)a;
+    return MX_STORE_OK;
+}
+
+mx_store_rc mx_rep_write(mx_store *s, mx_rep_kind kind, const char *value, const mx_rep *in,
+                         int ttl)
+{
+    Mxgate__Reputation r = MXGATE__REPUTATION__INIT;
+    r.version = REC_VERSION;
+    r.has_score = 1;
+    r.score = in->score;
+    r.has_updated_unix = 1;
+    r.updated_unix = in->updated;
+    r.has_expires_unix = in->expires != 0;
+    r.expires_unix = in->expires;
+    r.reason = in->reason[0] ? (char *)in->reason : NULL;
+    r.source = in->source[0] ? (char *)in->source : NULL;
+    r.has_block = in->block;
+    r.block = in->block;
+    r.has_allow = in->allow;
+    r.allow = in->allow;
+    size_t n = mxgate__reputation__get_packed_size(&r);
+    uint8_t *buf = g_malloc(n ? n : 1);
+    mxgate__reputation__pack(&r, buf);
+    char *k = rec_key(kind, value);
+    mx_store_rc rc = mx_store_set(s, k, buf, n, ttl);
+    g_free(k);
+    g_free(buf);
+    return rc;
+}
+
+mx_store_rc mx_rep_delete(mx_store *s, mx_rep_kind kind, const char *value)
+{
+    char *k = rec_key(kind, value);
+    mx_store_rc rc = mx_store_del(s, k);
+    g_free(k);
+    return rc == MX_STORE_NOT_FOUND ? MX_STORE_OK : rc;
+}
+
+mx_store_rc mx_rep_bump_generation(mx_store *s)
+{
+    return mx_store_incr(s, GENERATION_KEY, 1, 0, NULL);
+}
+
+mx_store_rc mx_rep_points(mx_store *s, mx_rep_kind kind, const char *value, int points,
+                          int64_t now, int decay)
+{
+    if (points == 0)
+        return MX_STORE_OK;
+    char *k = points_key(points > 0 ? "repc" : "repp", kind, value, now / decay);
+    mx_store_rc rc =
+        mx_store_incr(s, k, (uint64_t)(points > 0 ? points : -points), 2 * decay + 60, NULL);
+    g_free(k);
+    return rc;
+}
+
+/* ---- the node's cache ---- */
+
+typedef struct centry {
+    mx_rep rep;
+    int64_t until;
+} centry;
+
+struct mx_rep_cache {
+    GMutex lock;
+    GHashTable *map;     /* "kind:value" -> centry */
+    GHashTable *credits; /* "kind\tvalue" -> points (GINT_TO_POINTER) */
+    int ttl;
+    uint64_t generation;
+    int have_generation;
+};
+
+mx_rep_cache *mx_rep_cache_new(int ttl)
+{
+    mx_rep_cache *c = g_new0(mx_rep_cache, 1);
+    g_mutex_init(&c->lock);
+    c->map = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    c->credits = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    c->ttl = ttl;
+    return c;
+}
+
+void mx_rep_cache_free(mx_rep_cache *c)
+{
+    if (!c)
+        return;
+    g_hash_table_destroy(c->map);
+    g_hash_table_destroy(c->credits);
+    g_mutex_clear(&c->lock);
+    g_free(c);
+}
+
+int mx_rep_cache_peek(mx_rep_cache *c, mx_rep_kind kind, const char *value, int64_t now,
+                      mx_rep *out)
+{
+    if (c->ttl <= 0)
+        return 0;
+    char *k = rec_key(kind, value);
+    g_mutex_lock(&c->lock);
+    centry *e = g_hash_table_lookup(c->map, k);
+    int hit = e && e->until > now;
+    if (hit)
+        *out = e->rep;
+    g_mutex_unlock(&c->lock);
+    g_free(k);
+    return hit;
+}
+
+mx_store_rc mx_rep_lookup(mx_rep_cache *c, mx_store *s, mx_rep_kind kind, const char *value,
+                          int64_t now, int decay, mx_rep *out, int *cached)
+{
+    *cached = 0;
+    if (mx_rep_cache_peek(c, kind, value, now, out)) {
+        *cached = 1;
+        return MX_STORE_OK;
+    }
+    mx_store_rc rc = mx_rep_read(s, kind, value, now, decay, out);
+    if (rc != MX_STORE_OK) {
+        memset(out, 0, sizeof(*out));
+        return rc;
+    }
+    if (c->ttl > 0) {
+        centry *e = g_new(centry, 1);
+        e->rep = *out;
+        e->until = now + c->ttl;
+        g_mutex_lock(&c->lock);
+        if (g_hash_table_size(c->map) > 100000)
+            g_hash_table_remove_all(c->map); /* bounded: start over rather than grow */
+        g_hash_table_replace(c->map, rec_key(kind, value), e);
+        g_mutex_unlock(&c->lock);
+    }
+    return MX_STORE_OK;
+}
+
+void mx_rep_cache_forget(mx_rep_cache *c, mx_rep_kind kind, const char *value)
+{
+    char *k = rec_key(kind, value);
+    g_mutex_lock(&c->lock);
+    g_hash_table_remove(c->map, k);
+    g_mutex_unlock(&c->lock);
+    g_free(k);
+}
+
+int mx_rep_cache_poll(mx_rep_cache *c, mx_store *s)
+{
+    uint64_t g = 0;
+    if (mx_store_incr(s, GENERATION_KEY, 0, 0, &g) != MX_STORE_OK)
+        return 0;
+    g_mutex_lock(&c->lock);
+    int changed = c->have_generation && g != c->generation;
+    c->generation = g;
+    c->have_generation = 1;
+    if (changed)
+        g_hash_table_remove_all(c->map);
+    g_mutex_unlock(&c->lock);
+    return changed;
+}
+
+void mx_rep_cache_credit(mx_rep_cache *c, mx_rep_kind kind, const char *value, int points)
+{
+    char *k = g_strdup_printf("%d\t%s", (int)kind, value);
+    g_mutex_lock(&c->lock);
+    int have = GPOINTER_TO_INT(g_hash_table_lookup(c->credits, k));
+    if (g_hash_table_size(c->credits) < 100000 || have)
+        g_hash_table_replace(c->credits, k, GINT_TO_POINTER(have + points));
+    else
+        g_free(k);
+    g_mutex_unlock(&c->lock);
+}
+
+void mx_rep_cache_flush(mx_rep_cache *c, mx_store *s, int64_t now, int decay)
+{
+    g_mutex_lock(&c->lock);
+    GHashTable *batch = c->credits;
+    c->credits = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    g_mutex_unlock(&c->lock);
+    GHashTableIter it;
+    gpointer k, v;
+    g_hash_table_iter_init(&it, batch);
+    while (g_hash_table_iter_next(&it, &k, &v)) {
+        char *tab = strchr(k, '\t');
+        mx_rep_kind kind = (mx_rep_kind)atoi(k);
+        /* a failed write loses those credits: they are only a bonus */
+        mx_rep_points(s, kind, tab + 1, GPOINTER_TO_INT(v), now, decay);
+    }
+    g_hash_table_destroy(batch);
+}

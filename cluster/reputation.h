@@ -1,0 +1,95 @@
+/*
+ * reputation.h: what the cluster knows about a sender.
+ *
+ * Owns: the reputation record (proto/mxgate.proto Reputation) of a client
+ * IP, network, sender domain or sender address under "rep:<kind>:<value>";
+ * the automatic points (penalties and credits) kept apart from it in
+ * increment-only counters, one per kind, value and decay period, so hot
+ * senders never contend on one record; the "rep:generation" counter that
+ * every change made by an operator bumps; and a node-local cache.
+ *
+ * Score = the record's score (operators) + credits - penalties, where
+ * points of the current decay period count in full and those of the
+ * previous one count half; older points are gone.
+ *
+ * The cache keeps each read, found or not, for cache_ttl seconds, and is
+ * emptied whenever the generation changes: poll it about once a second and
+ * a fed change applies on every node within about a second.
+ * Blocking (store calls): run off the event loops. The cache itself is
+ * thread-safe and never blocks, so a loop may look into it.
+ */
+#ifndef MX_REPUTATION_H
+#define MX_REPUTATION_H
+
+#include <stdint.h>
+
+#include "store.h"
+
+typedef enum { MX_REP_IP, MX_REP_NET, MX_REP_DOMAIN, MX_REP_SENDER } mx_rep_kind;
+
+typedef struct mx_rep {
+    int found;              /* a record exists (else only automatic points) */
+    int32_t score;          /* the record's score */
+    int32_t auto_points;    /* credits - penalties, decayed */
+    int block, allow;
+    uint64_t updated, expires;
+    char reason[128];
+    char source[64];
+    int64_t read_at;        /* unix seconds when read from the store */
+} mx_rep;
+
+static inline int32_t mx_rep_total(const mx_rep *r) { return r->score + r->auto_points; }
+
+const char *mx_rep_kind_name(mx_rep_kind k);
+int mx_rep_kind_parse(const char *s); /* "ip", "net", "domain", "sender"; -1 */
+
+/* Canonical form of value for kind: an address as inet_ntop writes it; a
+ * network as ADDR/PREFIX with the host bits cleared (IPv4 /16 or /24, IPv6
+ * /48 or /64, the ones nodes look up); a domain or sender in lowercase.
+ * NULL with *err set when the value is not of that kind. */
+char *mx_rep_normalize(mx_rep_kind kind, const char *value, char **err);
+
+/* The networks of a client address that nodes look up, most specific
+ * first: writes up to 2 strings (g_free them); returns how many. */
+int mx_rep_networks(const char *ip, char *out[2]);
+
+/* Records (for mxgatectl and tests). value must be normalised. */
+mx_store_rc mx_rep_read(mx_store *s, mx_rep_kind kind, const char *value, int64_t now, int decay,
+                        mx_rep *out);
+mx_store_rc mx_rep_write(mx_store *s, mx_rep_kind kind, const char *value, const mx_rep *r,
+                         int ttl);
+mx_store_rc mx_rep_delete(mx_store *s, mx_rep_kind kind, const char *value);
+mx_store_rc mx_rep_bump_generation(mx_store *s);
+
+/* Automatic points: positive = credit, negative = penalty. */
+mx_store_rc mx_rep_points(mx_store *s, mx_rep_kind kind, const char *value, int points,
+                          int64_t now, int decay);
+
+typedef struct mx_rep_cache mx_rep_cache;
+
+mx_rep_cache *mx_rep_cache_new(int ttl);
+void mx_rep_cache_free(mx_rep_cache *c);
+
+/* A fresh cached entry? (non-blocking) */
+int mx_rep_cache_peek(mx_rep_cache *c, mx_rep_kind kind, const char *value, int64_t now,
+                      mx_rep *out);
+
+/* The entry, from the cache or the store (which fills the cache). On a
+ * store failure returns MX_STORE_ERROR and *out is empty. *cached says
+ * where it came from. */
+mx_store_rc mx_rep_lookup(mx_rep_cache *c, mx_store *s, mx_rep_kind kind, const char *value,
+                          int64_t now, int decay, mx_rep *out, int *cached);
+
+/* Forget one entry (after this node changed it) or all. */
+void mx_rep_cache_forget(mx_rep_cache *c, mx_rep_kind kind, const char *value);
+
+/* Read the generation; if it moved since the last poll, empty the cache.
+ * Returns 1 when it did. */
+int mx_rep_cache_poll(mx_rep_cache *c, mx_store *s);
+
+/* Credits are frequent (every delivered message): add them up here and
+ * write them once per flush, one increment per sender. */
+void mx_rep_cache_credit(mx_rep_cache *c, mx_rep_kind kind, const char *value, int points);
+void mx_rep_cache_flush(mx_rep_cache *c, mx_store *s, int64_t now, int decay);
+
+#endif

@@ -1,0 +1,554 @@
+/*
+ * policy.c: see policy.h.
+ */
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "policy.h"
+#include "ratelimit.h"
+#include "reputation.h"
+#include "session_int.h"
+
+struct mx_policy {
+    mx_store *store;    /* the cluster store */
+    mx_store *local;    /* per-node fallback for on_store_down = local */
+    mx_rep_cache *cache;
+    int memcached;
+    int decay;          /* reputation.decay at start (counter keys depend on it) */
+    int poll_ms;
+    int rep_enabled;
+    GThread *thread;
+    GMutex lock;
+    GCond cond;
+    int stop;
+};
+
+static void store_log(int level, const char *event, const char *msg)
+{
+    mx_log_msg(level, event, "%s", msg);
+}
+
+static int read_key_file(const char *path, unsigned char *key, size_t *len, char **err)
+{
+    gchar *text = NULL;
+    gsize n = 0;
+    GError *ge = NULL;
+    if (!g_file_get_contents(path, &text, &n, &ge)) {
+        *err = g_strdup_printf("cluster.key_file: %s", ge->message);
+        g_error_free(ge);
+        return -1;
+    }
+    while (n > 0 && (text[n - 1] == '\n' || text[n - 1] == '\r'))
+        n--;
+    if (n < 16 || n > 64) {
+        *err = g_strdup_printf("cluster.key_file: %s holds %zu bytes; the key must be 16 to 64 "
+                               "(e.g. openssl rand -hex 32 > FILE)", path, (size_t)n);
+        g_free(text);
+        return -1;
+    }
+    memcpy(key, text, n);
+    *len = n;
+    memset(text, 0, n);
+    g_free(text);
+    return 0;
+}
+
+mx_policy *mx_policy_new(const mx_config *cfg, char **err)
+{
+    mx_policy *p = g_new0(mx_policy, 1);
+    g_mutex_init(&p->lock);
+    g_cond_init(&p->cond);
+    p->decay = cfg->rep_decay;
+    p->poll_ms = cfg->cluster_generation_poll;
+    p->rep_enabled = cfg->rep_enabled;
+    p->local = mx_store_embedded_new(NULL);
+    if (*cfg->cluster_memcached) {
+        unsigned char key[64];
+        size_t keylen = 0;
+        if (read_key_file(cfg->cluster_key_file, key, &keylen, err) < 0) {
+            mx_policy_free(p);
+            return NULL;
+        }
+        mx_memcached_conf mc = {
+            .servers = cfg->cluster_memcached,
+            .key = key,
+            .keylen = keylen,
+            .timeout_ms = cfg->cluster_timeout,
+            .dead_timeout = cfg->cluster_dead_timeout,
+            .breaker_failures = cfg->cluster_breaker_failures,
+            .breaker_cooldown_ms = cfg->cluster_breaker_cooldown,
+            .log = store_log,
+        };
+        p->store = mx_store_memcached_new(&mc, err);
+        memset(key, 0, sizeof(key));
+        if (!p->store) {
+            mx_policy_free(p);
+            return NULL;
+        }
+        p->memcached = 1;
+    } else {
+        p->store = mx_store_embedded_new(NULL);
+    }
+    p->cache = mx_rep_cache_new(cfg->cluster_cache_ttl);
+    return p;
+}
+
+static gpointer poller(gpointer data)
+{
+    mx_policy *p = data;
+    g_mutex_lock(&p->lock);
+    while (!p->stop) {
+        gint64 until = g_get_monotonic_time() + (gint64)p->poll_ms * 1000;
+        while (!p->stop && g_cond_wait_until(&p->cond, &p->lock, until))
+            ;
+        if (p->stop)
+            break;
+        g_mutex_unlock(&p->lock);
+        if (mx_rep_cache_poll(p->cache, p->store))
+            mx_log_msg(MX_LOG_DEBUG, "reputation_generation", "feed changed; cache emptied");
+        mx_rep_cache_flush(p->cache, p->store, (int64_t)time(NULL), p->decay);
+        g_mutex_lock(&p->lock);
+    }
+    g_mutex_unlock(&p->lock);
+    return NULL;
+}
+
+void mx_policy_start(mx_policy *p)
+{
+    p->thread = g_thread_new("mx-policy", poller, p);
+}
+
+void mx_policy_free(mx_policy *p)
+{
+    if (!p)
+        return;
+    if (p->thread) {
+        g_mutex_lock(&p->lock);
+        p->stop = 1;
+        g_cond_signal(&p->cond);
+        g_mutex_unlock(&p->lock);
+        g_thread_join(p->thread);
+        mx_rep_cache_flush(p->cache, p->store, (int64_t)time(NULL), p->decay);
+    }
+    if (p->store)
+        mx_store_free(p->store);
+    if (p->local)
+        mx_store_free(p->local);
+    mx_rep_cache_free(p->cache);
+    g_mutex_clear(&p->lock);
+    g_cond_clear(&p->cond);
+    g_free(p);
+}
+
+mx_store *mx_policy_store(mx_policy *p) { return p->store; }
+
+/* ---- checks ---- */
+
+typedef struct pol_job {
+    mx_job job;
+    mx_session *s;
+    mx_policy *p;
+    mx_config *cfg;
+    mx_pol_stage stage;
+    char *ip, *helo, *from, *rcpt;
+    char sid[17];
+    uint64_t amount;
+    int allowed;        /* in: already allow-listed; out: allow-listed now */
+    mx_pol_cont cont;
+    mx_pol_result res;
+} pol_job;
+
+static void refuse(pol_job *j, mx_reply_id id, int close, const char *fmt, ...)
+    G_GNUC_PRINTF(4, 5);
+static void refuse(pol_job *j, mx_reply_id id, int close, const char *fmt, ...)
+{
+    j->res.refuse = 1;
+    j->res.close = close;
+    j->res.reply = id;
+    snprintf(j->res.arg, sizeof(j->res.arg), "[id %s]", j->sid);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(j->res.why, sizeof(j->res.why), fmt, ap);
+    va_end(ap);
+}
+
+typedef struct rep_read {
+    mx_rep_kind kind;
+    char *value;
+} rep_read;
+
+/* Reputation: returns 1 when decided (refused or allow-listed), 0 to go
+ * on, -1 when it needs the store and may not block. */
+static int check_reputation(pol_job *j, int may_block, int64_t now)
+{
+    rep_read r[6];
+    int n = 0;
+    char *nets[2] = {NULL, NULL};
+    if (j->ip) {
+        r[n++] = (rep_read){MX_REP_IP, j->ip};
+        int k = mx_rep_networks(j->ip, nets);
+        for (int i = 0; i < k; i++)
+            r[n++] = (rep_read){MX_REP_NET, nets[i]};
+    }
+    char *domain = NULL;
+    if (j->stage == MX_POL_MAIL && j->from && *j->from) {
+        r[n++] = (rep_read){MX_REP_SENDER, j->from};
+        const char *at = strrchr(j->from, '@');
+        if (at && at[1]) {
+            domain = g_utf8_strdown(at + 1, -1);
+            r[n++] = (rep_read){MX_REP_DOMAIN, domain};
+        }
+    }
+    mx_rep got[6];
+    int rc = 0;
+    for (int i = 0; i < n; i++) {
+        int cached = 0;
+        if (!may_block) {
+            if (!mx_rep_cache_peek(j->p->cache, r[i].kind, r[i].value, now, &got[i])) {
+                rc = -1;
+                goto out;
+            }
+            continue;
+        }
+        if (mx_rep_lookup(j->p->cache, j->p->store, r[i].kind, r[i].value, now, j->p->decay,
+                          &got[i], &cached) != MX_STORE_OK) {
+            /* Reputation is advice: with the store down, a rule's own
+             * on_store_down decides; here we go on without it. */
+            mx_log_msg(MX_LOG_DEBUG, "reputation_unavailable", "sid=%s %s:%s", j->sid,
+                       mx_rep_kind_name(r[i].kind), r[i].value);
+            memset(&got[i], 0, sizeof(got[i]));
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        if (got[i].allow) {
+            j->allowed = 1;
+            rc = 1;
+            goto out;
+        }
+    }
+    int connect = j->stage == MX_POL_CONNECT;
+    for (int i = 0; i < n; i++) {
+        int32_t total = mx_rep_total(&got[i]);
+        const char *kind = mx_rep_kind_name(r[i].kind);
+        if (got[i].block) {
+            refuse(j, connect ? MX_R_REP_CONNECT : MX_R_REP_MAIL, connect,
+                   "reputation %s:%s blocked (%s%s%s)", kind, r[i].value,
+                   got[i].source[0] ? got[i].source : "feed", got[i].reason[0] ? ": " : "",
+                   got[i].reason);
+            rc = 1;
+            goto out;
+        }
+        int limit = connect ? j->cfg->rep_connect_reject : j->cfg->rep_mail_reject;
+        if (total <= limit) {
+            refuse(j, connect ? MX_R_REP_CONNECT : MX_R_REP_MAIL, connect,
+                   "reputation %s:%s score %d <= %d", kind, r[i].value, total, limit);
+            rc = 1;
+            goto out;
+        }
+        if (!connect && total <= j->cfg->rep_tempfail) {
+            refuse(j, MX_R_REP_TEMP, 0, "reputation %s:%s score %d <= %d", kind, r[i].value,
+                   total, j->cfg->rep_tempfail);
+            rc = 1;
+            goto out;
+        }
+    }
+out:
+    g_free(nets[0]);
+    g_free(nets[1]);
+    g_free(domain);
+    return rc;
+}
+
+static int rule_applies(const mx_rl_rule *r, mx_pol_stage st)
+{
+    int rcpt_key = r->key == MX_RL_RECIPIENT || r->key == MX_RL_RECIPIENT_DOMAIN;
+    switch (st) {
+    case MX_POL_CONNECT: return r->count == MX_RL_CONNECTIONS;
+    case MX_POL_MAIL: return r->count == MX_RL_MESSAGES && !rcpt_key;
+    case MX_POL_RCPT:
+        return r->count == MX_RL_RECIPIENTS || (r->count == MX_RL_MESSAGES && rcpt_key);
+    case MX_POL_DATA: return r->count == MX_RL_BYTES && !rcpt_key;
+    }
+    return 0;
+}
+
+static const char *const verdict_names[] = {"pass", "over", "unchecked", "store_down"};
+
+/* Rate limits: returns 1 when refused, 0 to go on. */
+static int check_limits(pol_job *j, int64_t now)
+{
+    int connect = j->stage == MX_POL_CONNECT;
+    for (int i = 0; i < j->cfg->nrules; i++) {
+        const mx_rl_rule *r = &j->cfg->rules[i];
+        if (!rule_applies(r, j->stage))
+            continue;
+        char *v = mx_rl_value(r->key, j->ip, j->helo, j->from, j->rcpt);
+        if (!v)
+            continue;
+        mx_rl_result res;
+        uint64_t amount = j->stage == MX_POL_DATA ? j->amount : 1;
+        mx_rl_hit(j->p->store, j->p->local, r, v, amount, now, &res);
+        int level = res.verdict == MX_RL_PASS && !res.local ? MX_LOG_DEBUG : MX_LOG_INFO;
+        if (mx_log_enabled(level)) {
+            GString *l = mx_log_begin(level, "ratelimit");
+            mx_log_kv(l, "sid", j->sid);
+            mx_log_kv(l, "rule", r->name);
+            mx_log_kv(l, mx_rl_key_name(r->key), v);
+            mx_log_kv(l, "count", mx_rl_count_name(r->count));
+            mx_log_kvi(l, "before", (int64_t)res.before);
+            mx_log_kvi(l, "after", (int64_t)res.after);
+            mx_log_kvi(l, "limit", (int64_t)r->limit);
+            mx_log_kv(l, "verdict", verdict_names[res.verdict]);
+            if (res.local)
+                mx_log_kv(l, "store", "down: counted on this node only");
+            mx_log_end(l);
+        }
+        if (res.verdict == MX_RL_OVER) {
+            int reject = r->action == MX_RL_REJECT;
+            refuse(j,
+                   connect ? (reject ? MX_R_REP_CONNECT : MX_R_RATE_CONNECT)
+                           : (reject ? MX_R_RATE_REJECT : MX_R_RATE_TEMP),
+                   connect, "ratelimit %s %s=%s %s %llu > %llu (retry in %d s)", r->name,
+                   mx_rl_key_name(r->key), v, mx_rl_count_name(r->count),
+                   (unsigned long long)res.after, (unsigned long long)r->limit, res.retry_after);
+            j->res.ratelimited = 1;
+            g_free(v);
+            return 1;
+        }
+        if (res.verdict == MX_RL_STORE_DOWN) {
+            refuse(j, connect ? MX_R_STORE_DOWN_CONNECT : MX_R_STORE_DOWN, connect,
+                   "ratelimit %s: store unavailable and on_store_down = closed", r->name);
+            g_free(v);
+            return 1;
+        }
+        g_free(v);
+    }
+    return 0;
+}
+
+static int needs_store(pol_job *j)
+{
+    if (j->allowed)
+        return 0;
+    for (int i = 0; i < j->cfg->nrules; i++)
+        if (rule_applies(&j->cfg->rules[i], j->stage))
+            return 1;
+    return 0;
+}
+
+static void evaluate(pol_job *j, int64_t now)
+{
+    if (j->p->rep_enabled && j->cfg->rep_enabled && !j->allowed &&
+        (j->stage == MX_POL_CONNECT || j->stage == MX_POL_MAIL)) {
+        if (check_reputation(j, 1, now) == 1 && j->res.refuse)
+            return;
+    }
+    if (!j->allowed)
+        check_limits(j, now);
+}
+
+static void pol_work(mx_job *job)
+{
+    pol_job *j = (pol_job *)job;
+    evaluate(j, (int64_t)time(NULL));
+}
+
+static void job_free(pol_job *j)
+{
+    g_free(j->ip);
+    g_free(j->helo);
+    g_free(j->from);
+    g_free(j->rcpt);
+    mx_config_unref(j->cfg);
+    g_free(j);
+}
+
+static void deliver(pol_job *j)
+{
+    mx_session *s = j->s;
+    if (s->phase == MX_PHASE_CLOSED)
+        return;
+    s->policy_wait = 0;
+    if (j->allowed)
+        s->pol_allowed = 1;
+    if (j->stage == MX_POL_CONNECT) {
+        j->cont(s, &j->res); /* sends the banner and goes on, or closes */
+        return;
+    }
+    /* The session waited in MX_PHASE_BACKEND; pick up where it stopped,
+     * as after a backend reply. */
+    mx_session_to_cmd_phase(s);
+    j->cont(s, &j->res);
+    if (s->phase == MX_PHASE_BACKEND)
+        mx_session_flush(s);
+    else if (s->phase != MX_PHASE_CLOSED)
+        mx_session_process(s);
+}
+
+static void pol_done(mx_job *job)
+{
+    pol_job *j = (pol_job *)job;
+    mx_session *s = j->s;
+    deliver(j);
+    mx_session_unref(s);
+    job_free(j);
+}
+
+void mx_policy_check(mx_session *s, mx_pol_stage stage, const char *value, uint64_t amount,
+                     mx_pol_cont cont)
+{
+    mx_server *srv = s->w->srv;
+    pol_job *j = g_new0(pol_job, 1);
+    j->p = srv->policy;
+    j->cfg = mx_config_ref(s->cfg);
+    j->stage = stage;
+    j->ip = g_strdup(s->addr);
+    j->helo = g_strdup(s->helo);
+    j->from = s->txn.from ? g_strdup(s->txn.from) : NULL;
+    j->rcpt = value ? g_strdup(value) : NULL;
+    j->amount = amount;
+    j->allowed = s->pol_allowed;
+    j->cont = cont;
+    g_strlcpy(j->sid, s->sid, sizeof(j->sid));
+
+    /* On the loop when the cache decides and no counter has to move. */
+    int64_t now = (int64_t)time(NULL);
+    int rep = j->p->rep_enabled && j->cfg->rep_enabled && !j->allowed &&
+              (stage == MX_POL_CONNECT || stage == MX_POL_MAIL);
+    int decided = 0;
+    if (rep) {
+        int r = check_reputation(j, 0, now);
+        decided = r == 1;
+        if (r == 0 && !needs_store(j))
+            decided = 1;
+    } else if (!needs_store(j)) {
+        decided = 1;
+    }
+    if (decided) {
+        s->pol_allowed |= j->allowed;
+        cont(s, &j->res);
+        job_free(j);
+        return;
+    }
+    memset(&j->res, 0, sizeof(j->res));
+    j->allowed = s->pol_allowed;
+    j->s = mx_session_ref(s);
+    j->job.work = pol_work;
+    j->job.done = pol_done;
+    s->policy_wait = 1;
+    if (mx_offload_submit(srv->offload, &s->w->port, &j->job) != MX_OK) {
+        /* The store pool is saturated: the same as a store that is down. */
+        s->policy_wait = 0;
+        refuse(j, stage == MX_POL_CONNECT ? MX_R_STORE_DOWN_CONNECT : MX_R_STORE_DOWN,
+               stage == MX_POL_CONNECT, "policy queue full");
+        mx_session_unref(s);
+        cont(s, &j->res);
+        job_free(j);
+    }
+}
+
+/* ---- feedback ---- */
+
+typedef struct fb_job {
+    mx_job job;
+    mx_policy *p;
+    mx_rep_kind kind[3];
+    char *value[3];
+    int n;
+    int points;
+} fb_job;
+
+static void fb_work(mx_job *job)
+{
+    fb_job *f = (fb_job *)job;
+    int64_t now = (int64_t)time(NULL);
+    for (int i = 0; i < f->n; i++) {
+        mx_rep_points(f->p->store, f->kind[i], f->value[i], f->points, now, f->p->decay);
+        mx_rep_cache_forget(f->p->cache, f->kind[i], f->value[i]);
+    }
+}
+
+static void fb_done(mx_job *job)
+{
+    fb_job *f = (fb_job *)job;
+    for (int i = 0; i < f->n; i++)
+        g_free(f->value[i]);
+    g_free(f);
+}
+
+void mx_policy_feedback(mx_session *s, mx_feedback what)
+{
+    mx_policy *p = s->w->srv->policy;
+    if (!p || !p->rep_enabled || !s->cfg->rep_enabled)
+        return;
+    int points = 0, with_sender = 0;
+    switch (what) {
+    case MX_FB_MALWARE: points = -s->cfg->rep_penalty_malware; with_sender = 1; break;
+    case MX_FB_RATELIMIT: points = -s->cfg->rep_penalty_ratelimit; break;
+    case MX_FB_PREGREET: points = -s->cfg->rep_penalty_pregreet; break;
+    case MX_FB_UNKNOWN_RCPT: points = -s->cfg->rep_penalty_unknown_rcpt; break;
+    case MX_FB_DELIVERED: points = s->cfg->rep_credit_delivered; with_sender = 1; break;
+    }
+    if (points == 0)
+        return;
+    fb_job *f = g_new0(fb_job, 1);
+    f->p = p;
+    f->points = points;
+    f->kind[f->n] = MX_REP_IP;
+    f->value[f->n++] = g_strdup(s->addr);
+    if (with_sender && s->txn.from && *s->txn.from) {
+        f->kind[f->n] = MX_REP_SENDER;
+        f->value[f->n++] = g_utf8_strdown(s->txn.from, -1);
+        const char *at = strrchr(s->txn.from, '@');
+        if (at && at[1]) {
+            f->kind[f->n] = MX_REP_DOMAIN;
+            f->value[f->n++] = g_utf8_strdown(at + 1, -1);
+        }
+    }
+    if (points > 0) {
+        /* every delivered message: batched, written by the poller */
+        for (int i = 0; i < f->n; i++)
+            mx_rep_cache_credit(p->cache, f->kind[i], f->value[i], points);
+        fb_done(&f->job);
+        return;
+    }
+    f->job.work = fb_work;
+    f->job.done = fb_done;
+    if (mx_offload_submit(s->w->srv->offload, &s->w->port, &f->job) != MX_OK)
+        fb_done(&f->job); /* a lost penalty under overload: better than waiting */
+}
+
+void mx_policy_metrics(mx_policy *p, GString *out)
+{
+    const mx_store_stats *st = p->store->ops->stats ? p->store->ops->stats(p->store) : NULL;
+    g_string_append_printf(out,
+                           "# HELP mxgate_store_info The cluster store in use.\n"
+                           "# TYPE mxgate_store_info gauge\n"
+                           "mxgate_store_info{backend=\"%s\"} 1\n",
+                           p->store->ops->name);
+    if (st) {
+        g_string_append_printf(
+            out,
+            "# TYPE mxgate_store_errors_total counter\nmxgate_store_errors_total %llu\n"
+            "# TYPE mxgate_store_fast_failed_total counter\nmxgate_store_fast_failed_total %llu\n"
+            "# HELP mxgate_store_bad_records_total Records that failed their HMAC and were ignored.\n"
+            "# TYPE mxgate_store_bad_records_total counter\nmxgate_store_bad_records_total %llu\n",
+            (unsigned long long)atomic_load(&st->errors),
+            (unsigned long long)atomic_load(&st->fast_failed),
+            (unsigned long long)atomic_load(&st->bad_records));
+    }
+    if (p->store->ops->server_state) {
+        g_string_append(out, "# HELP mxgate_store_breaker_state 0 closed, 1 open, 2 half-open.\n"
+                             "# TYPE mxgate_store_breaker_state gauge\n");
+        char name[128];
+        for (int i = 0;; i++) {
+            int state = p->store->ops->server_state(p->store, i, name, sizeof(name));
+            if (state < 0)
+                break;
+            g_string_append_printf(out, "mxgate_store_breaker_state{server=\"%s\"} %d\n", name,
+                                   state);
+        }
+    }
+}
