@@ -46,6 +46,8 @@ typedef struct mx_store_ops {
     const mx_store_stats *(*stats)(mx_store *s);
     /* Server i's name and breaker state (MX_BREAKER_*); -1 past the last. */
     int (*server_state)(mx_store *s, int i, char *name, size_t n);
+    /* Subtract delta from a counter, flooring at 0; NOT_FOUND if absent. */
+    mx_store_rc (*decr)(mx_store *s, const char *key, uint64_t delta);
 } mx_store_ops;
 
 struct mx_store {
@@ -81,6 +83,10 @@ static inline mx_store_rc mx_store_set(mx_store *s, const char *k, const void *v
 static inline mx_store_rc mx_store_incr(mx_store *s, const char *k, uint64_t d, int ttl, uint64_t *now)
 {
     return s->ops->incr(s, k, d, ttl, now);
+}
+static inline mx_store_rc mx_store_decr(mx_store *s, const char *k, uint64_t d)
+{
+    return s->ops->decr ? s->ops->decr(s, k, d) : MX_STORE_ERROR;
 }
 static inline mx_store_rc mx_store_del(mx_store *s, const char *k) { return s->ops->del(s, k); }
 static inline void mx_store_free(mx_store *s) { s->ops->destroy(s); }

@@ -115,6 +115,22 @@ static mx_store_rc emb_incr(mx_store *base, const char *key, uint64_t delta, int
     return MX_STORE_OK;
 }
 
+static mx_store_rc emb_decr(mx_store *base, const char *key, uint64_t delta)
+{
+    embedded *s = (embedded *)base;
+    g_mutex_lock(&s->lock);
+    entry *e = lookup(s, key);
+    mx_store_rc rc = MX_STORE_NOT_FOUND;
+    if (e && !e->val) {
+        e->counter = e->counter > delta ? e->counter - delta : 0; /* memcached floors at 0 */
+        rc = MX_STORE_OK;
+    } else if (e) {
+        rc = MX_STORE_ERROR;
+    }
+    g_mutex_unlock(&s->lock);
+    return rc;
+}
+
 static mx_store_rc emb_del(mx_store *base, const char *key)
 {
     embedded *s = (embedded *)base;
@@ -139,6 +155,7 @@ static const mx_store_ops embedded_ops = {
     .incr = emb_incr,
     .del = emb_del,
     .destroy = emb_destroy,
+    .decr = emb_decr,
 };
 
 mx_store *mx_store_embedded_new(int64_t (*clock)(void))

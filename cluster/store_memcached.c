@@ -326,6 +326,20 @@ static mx_store_rc mc_incr(mx_store *base, const char *key, uint64_t delta, int 
     return r;
 }
 
+static mx_store_rc mc_decr(mx_store *base, const char *key, uint64_t delta)
+{
+    mc_store *s = (mc_store *)base;
+    call c;
+    if (!call_begin(s, &c, key))
+        return MX_STORE_ERROR;
+    uint64_t v = 0;
+    memcached_return_t rc = memcached_decrement(c.m, c.key, strlen(c.key), (uint32_t)delta, &v);
+    mx_store_rc r = call_end(s, &c, rc);
+    if (r == MX_STORE_OK && rc == MEMCACHED_NOTFOUND)
+        r = MX_STORE_NOT_FOUND;
+    return r;
+}
+
 static mx_store_rc mc_del(mx_store *base, const char *key)
 {
     mc_store *s = (mc_store *)base;
@@ -374,6 +388,7 @@ static const mx_store_ops mc_ops = {
     .destroy = mc_destroy,
     .stats = mc_stats,
     .server_state = mc_server_state,
+    .decr = mc_decr,
 };
 
 mx_store *mx_store_memcached_new(const mx_memcached_conf *conf, char **err)

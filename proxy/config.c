@@ -179,6 +179,11 @@ static const option options[] = {
     {"cluster", "generation_poll", OPT_INT, O(cluster_generation_poll), "1000", 100, 60000, NULL,
      "milliseconds between looks at the feed generation; a change empties the cache"},
 
+    {"cluster", "client_concurrency", OPT_INT, O(cluster_client_concurrency), "0", 0, 1000000,
+     NULL, "concurrent sessions one client IP may hold across the cluster; 0 = no limit"},
+    {"cluster", "lease_period", OPT_INT, O(cluster_lease_period), "60", 5, 86400, NULL,
+     "seconds a session's concurrency lease lasts before it is renewed"},
+
     {"reputation", "enabled", OPT_BOOL, O(rep_enabled), "true", 0, 0, NULL,
      "check and update sender reputation (client IP, network, sender domain and address)"},
     {"reputation", "connect_reject", OPT_INT, O(rep_connect_reject), "-100", -1000000, 1000000,

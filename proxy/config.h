@@ -119,6 +119,8 @@ typedef struct mx_config {
     int cluster_threads;
     int cluster_cache_ttl;
     int cluster_generation_poll;
+    int cluster_client_concurrency;
+    int cluster_lease_period;
 
     /* [reputation] */
     int rep_enabled;

@@ -155,6 +155,7 @@ typedef struct pol_job {
     char *ip, *helo, *from, *rcpt;
     char sid[17];
     uint64_t amount;
+    int64_t lease;      /* out: the concurrency lease period taken; -1 none */
     int allowed;        /* in: already allow-listed; out: allow-listed now */
     mx_pol_cont cont;
     mx_pol_result res;
@@ -328,10 +329,118 @@ static int check_limits(pol_job *j, int64_t now)
     return 0;
 }
 
+/* ---- concurrency leases ---- */
+
+static char *lease_key(const char *ip, int64_t period)
+{
+    return g_strdup_printf("conc:%s:%lld", ip, (long long)period);
+}
+
+/*
+ * Concurrent sessions per client IP, across the cluster: each session adds
+ * itself to the counter of the current lease period and moves itself to
+ * the next period's counter when that starts (mx_policy_renew); the count
+ * is this period's counter plus the previous one's (sessions not renewed
+ * yet). A node that dies stops renewing and releasing: its sessions stay
+ * counted until the period after the one they last renewed in has passed,
+ * at most two lease periods.
+ */
+static void lease_acquire(pol_job *j, int64_t now)
+{
+    int period_len = j->cfg->cluster_lease_period;
+    int64_t p = now / period_len;
+    uint64_t cur = 0, prev = 0;
+    char *k = lease_key(j->ip, p);
+    if (mx_store_incr(j->p->store, k, 1, 3 * period_len, &cur) != MX_STORE_OK) {
+        /* the store is down: no lease, and no refusal on its account */
+        g_free(k);
+        return;
+    }
+    char *kp = lease_key(j->ip, p - 1);
+    if (mx_store_incr(j->p->store, kp, 0, 3 * period_len, &prev) != MX_STORE_OK)
+        prev = 0;
+    g_free(kp);
+    if (cur + prev > (uint64_t)j->cfg->cluster_client_concurrency) {
+        mx_store_decr(j->p->store, k, 1);
+        refuse(j, MX_R_CONCURRENCY, 1, "concurrency ip %s: %llu sessions > %d", j->ip,
+               (unsigned long long)(cur + prev), j->cfg->cluster_client_concurrency);
+    } else {
+        j->lease = p;
+    }
+    g_free(k);
+}
+
+typedef struct lease_job {
+    mx_job job;
+    mx_policy *p;
+    char *ip;
+    int64_t from, to; /* decrement from (if >= 0), increment to (if >= 0) */
+    int ttl;
+} lease_job;
+
+static void lease_work(mx_job *job)
+{
+    lease_job *l = (lease_job *)job;
+    if (l->to >= 0) {
+        char *k = lease_key(l->ip, l->to);
+        mx_store_incr(l->p->store, k, 1, l->ttl, NULL);
+        g_free(k);
+    }
+    if (l->from >= 0) {
+        char *k = lease_key(l->ip, l->from);
+        mx_store_decr(l->p->store, k, 1);
+        g_free(k);
+    }
+}
+
+static void lease_done(mx_job *job)
+{
+    lease_job *l = (lease_job *)job;
+    g_free(l->ip);
+    g_free(l);
+}
+
+static void lease_move(mx_session *s, int64_t from, int64_t to)
+{
+    lease_job *l = g_new0(lease_job, 1);
+    l->p = s->w->srv->policy;
+    l->ip = g_strdup(s->addr);
+    l->from = from;
+    l->to = to;
+    l->ttl = 3 * s->cfg->cluster_lease_period;
+    l->job.work = lease_work;
+    l->job.done = lease_done;
+    if (mx_offload_submit(s->w->srv->offload, &s->w->port, &l->job) != MX_OK)
+        lease_done(&l->job); /* it expires with its period instead */
+}
+
+void mx_policy_release(mx_session *s)
+{
+    if (s->lease >= 0 && s->w->srv->policy)
+        lease_move(s, s->lease, -1);
+    s->lease = -1;
+}
+
+void mx_policy_renew(mx_worker *w)
+{
+    for (GList *l = w->sessions.head; l; l = l->next) {
+        mx_session *s = l->data;
+        if (s->lease < 0 || s->phase == MX_PHASE_CLOSED)
+            continue;
+        int64_t p = (int64_t)time(NULL) / s->cfg->cluster_lease_period;
+        if (p > s->lease) {
+            lease_move(s, s->lease, p);
+            s->lease = p;
+        }
+    }
+}
+
 static int needs_store(pol_job *j)
 {
     if (j->allowed)
         return 0;
+    if (j->stage == MX_POL_CONNECT && j->cfg->cluster_client_concurrency > 0)
+        return 1;
     for (int i = 0; i < j->cfg->nrules; i++)
         if (rule_applies(&j->cfg->rules[i], j->stage))
             return 1;
@@ -345,8 +454,9 @@ static void evaluate(pol_job *j, int64_t now)
         if (check_reputation(j, 1, now) == 1 && j->res.refuse)
             return;
     }
-    if (!j->allowed)
-        check_limits(j, now);
+    if (!j->allowed && !check_limits(j, now) && j->stage == MX_POL_CONNECT &&
+        j->cfg->cluster_client_concurrency > 0)
+        lease_acquire(j, now);
 }
 
 static void pol_work(mx_job *job)
@@ -373,6 +483,8 @@ static void deliver(pol_job *j)
     s->policy_wait = 0;
     if (j->allowed)
         s->pol_allowed = 1;
+    if (j->lease >= 0)
+        s->lease = j->lease;
     if (j->stage == MX_POL_CONNECT) {
         j->cont(s, &j->res); /* sends the banner and goes on, or closes */
         return;
@@ -391,6 +503,10 @@ static void pol_done(mx_job *job)
 {
     pol_job *j = (pol_job *)job;
     mx_session *s = j->s;
+    if (s->phase == MX_PHASE_CLOSED && j->lease >= 0) {
+        s->lease = j->lease; /* gone while we counted it: give it back */
+        mx_policy_release(s);
+    }
     deliver(j);
     mx_session_unref(s);
     job_free(j);
@@ -410,6 +526,7 @@ void mx_policy_check(mx_session *s, mx_pol_stage stage, const char *value, uint6
     j->rcpt = value ? g_strdup(value) : NULL;
     j->amount = amount;
     j->allowed = s->pol_allowed;
+    j->lease = -1;
     j->cont = cont;
     g_strlcpy(j->sid, s->sid, sizeof(j->sid));
 

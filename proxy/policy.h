@@ -22,6 +22,7 @@
 
 typedef struct mx_policy mx_policy;
 struct mx_session;
+struct mx_worker;
 
 typedef enum { MX_POL_CONNECT, MX_POL_MAIL, MX_POL_RCPT, MX_POL_DATA } mx_pol_stage;
 
@@ -61,6 +62,12 @@ typedef enum {
 /* Automatic reputation feedback about the session's client (and sender,
  * when known). Never blocks, never waits. */
 void mx_policy_feedback(struct mx_session *s, mx_feedback what);
+
+/* Concurrency leases (cluster.client_concurrency): give the session's
+ * back when it closes; renew the leases of a worker's sessions whose
+ * period has passed (call every few seconds). */
+void mx_policy_release(struct mx_session *s);
+void mx_policy_renew(struct mx_worker *w);
 
 /* For /metrics: the store's name, stats and breaker states. */
 void mx_policy_metrics(mx_policy *p, GString *out);

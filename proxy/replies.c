@@ -68,6 +68,7 @@ static const reply table[MX_R__COUNT] = {
     [MX_R_RATE_TEMP] = {451, "4.7.0", "Rate limit exceeded, try again later %s"},
     [MX_R_RATE_REJECT] = {550, "5.7.0", "Rate limit exceeded %s"},
     [MX_R_STORE_DOWN_CONNECT] = {421, "4.3.0", "Policy store unavailable, try again later %s"},
+    [MX_R_CONCURRENCY] = {421, "4.7.0", "Too many concurrent connections from your address, try again later %s"},
     [MX_R_STORE_DOWN] = {451, "4.3.0", "Policy store unavailable, try again later %s"},
 };
 

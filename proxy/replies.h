@@ -70,6 +70,7 @@ typedef enum {
     MX_R_RATE_REJECT,
     MX_R_STORE_DOWN_CONNECT,
     MX_R_STORE_DOWN,
+    MX_R_CONCURRENCY,
     MX_R__COUNT
 } mx_reply_id;
 

@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 
 #include "log.h"
+#include "policy.h"
 #include "server.h"
 #include "session.h"
 
@@ -103,6 +104,9 @@ static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
 static void on_drain_check(struct ev_loop *loop, ev_timer *t, int revents)
 {
     mx_worker *w = t->data;
+    /* every 2 s: concurrency leases whose period has passed */
+    if (++w->ticks % 10 == 0 && w->srv->policy)
+        mx_policy_renew(w);
     if (w->draining)
         mx_session_drain_all(w, atomic_load(&w->srv->force_close));
     check_done(w);

@@ -38,6 +38,7 @@ typedef struct mx_worker {
     int draining;        /* this loop has stopped accepting */
     mx_offload_port port; /* blocking jobs (scans, store calls) finish here */
     mx_relay_pool pool;   /* idle backend connections for reuse */
+    unsigned ticks;       /* of the worker's 0.2 s housekeeping timer */
 } mx_worker;
 
 struct mx_server {

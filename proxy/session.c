@@ -116,6 +116,7 @@ void mx_session_close(mx_session *s, const char *reason)
         s->close_reason = reason;
     log_disconnect(s);
     s->phase = MX_PHASE_CLOSED;
+    mx_policy_release(s);
     ev_io_stop(s->w->loop, &s->rio);
     ev_io_stop(s->w->loop, &s->wio);
     ev_timer_stop(s->w->loop, &s->timer);
@@ -583,6 +584,7 @@ void mx_session_start(mx_worker *w, int fd, const struct sockaddr_storage *peer,
     s->started = g_get_monotonic_time();
     s->chunk_error = -1;
     s->link.data = s;
+    s->lease = -1;
     mx_server_session_id(srv, s->sid);
     socklen_t ll = sizeof(s->local);
     getsockname(fd, (struct sockaddr *)&s->local, &ll);

@@ -106,6 +106,7 @@ typedef struct mx_session {
     int policy_wait;           /* a policy check runs on the store pool */
     int pol_allowed;           /* allow-listed: rate limits and scores skipped */
     char *pol_line;            /* the backend line of the RCPT being checked */
+    int64_t lease;             /* concurrency lease period held; -1 none */
     const char *close_reason;
 } mx_session;
 

@@ -137,8 +137,14 @@ static mx_store_rc down_incr(mx_store *s, const char *k, uint64_t d, int t, uint
 }
 static mx_store_rc down_del(mx_store *s, const char *k) { return MX_STORE_ERROR; }
 static void down_destroy(mx_store *s) {}
-static const mx_store_ops down_ops = {"down", down_get, down_set, down_incr, down_del,
-                                      down_destroy, NULL, NULL};
+static const mx_store_ops down_ops = {
+    .name = "down",
+    .get = down_get,
+    .set = down_set,
+    .incr = down_incr,
+    .del = down_del,
+    .destroy = down_destroy,
+};
 
 static void test_store_down_policies(void)
 {
