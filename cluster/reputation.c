@@ -144,8 +144,8 @@ static mx_store_rc read_points(mx_store *s, const char *what, mx_rep_kind kind,
     return rc;
 }
 
-mx_store_rc mx_rep_read(mx_store *s, mx_rep_kind kind, const char *value, int64_t now, int decay,
-                        mx_rep *out)
+mx_store_rc mx_rep_read_record(mx_store *s, mx_rep_kind kind, const char *value, int64_t now,
+                               mx_rep *out)
 {
     memset(out, 0, sizeof(*out));
     out->read_at = now;
@@ -175,6 +175,15 @@ mx_store_rc mx_rep_read(mx_store *s, mx_rep_kind kind, const char *value, int64_
             mxgate__reputation__free_unpacked(r, NULL);
         g_bytes_unref(b);
     }
+    return MX_STORE_OK;
+}
+
+mx_store_rc mx_rep_read(mx_store *s, mx_rep_kind kind, const char *value, int64_t now, int decay,
+                        mx_rep *out)
+{
+    mx_store_rc rc = mx_rep_read_record(s, kind, value, now, out);
+    if (rc != MX_STORE_OK)
+        return rc;
     double credit = 0, penalty = 0;
     if (read_points(s, "repc", kind, value, now, decay, &credit) != MX_STORE_OK ||
         read_points(s, "repp", kind, value, now, decay, &penalty) != MX_STORE_OK)
@@ -329,7 +338,9 @@ int mx_rep_cache_poll(mx_rep_cache *c, mx_store *s)
     if (mx_store_incr(s, GENERATION_KEY, 0, 0, &g) != MX_STORE_OK)
         return 0;
     g_mutex_lock(&c->lock);
-    int changed = c->have_generation && g != c->generation;
+    /* The first read empties the cache too: sessions may have filled it
+     * before the node knew which generation it was serving. */
+    int changed = !c->have_generation || g != c->generation;
     c->generation = g;
     c->have_generation = 1;
     if (changed)

@@ -53,7 +53,11 @@ char *mx_rep_normalize(mx_rep_kind kind, const char *value, char **err);
  * first: writes up to 2 strings (g_free them); returns how many. */
 int mx_rep_networks(const char *ip, char *out[2]);
 
-/* Records (for mxgatectl and tests). value must be normalised. */
+/* Records (for mxgatectl and tests). value must be normalised.
+ * mx_rep_read_record: the record alone; mx_rep_read adds the automatic
+ * points (four more store calls). */
+mx_store_rc mx_rep_read_record(mx_store *s, mx_rep_kind kind, const char *value, int64_t now,
+                               mx_rep *out);
 mx_store_rc mx_rep_read(mx_store *s, mx_rep_kind kind, const char *value, int64_t now, int decay,
                         mx_rep *out);
 mx_store_rc mx_rep_write(mx_store *s, mx_rep_kind kind, const char *value, const mx_rep *r,

@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <libmemcached/memcached.h>
 #include <openssl/core_names.h>
@@ -242,6 +243,29 @@ static mx_store_rc call_end(mc_store *s, call *c, memcached_return_t rc)
 
 /* ---- operations ---- */
 
+/* memcached reads an expiry over 30 days as a unix time: give it one. */
+static time_t mc_ttl(int ttl)
+{
+    if (ttl <= 0)
+        return 0;
+    if (ttl > 30 * 86400)
+        return time(NULL) + ttl;
+    return (time_t)ttl;
+}
+
+/* memcached's incr/decr take 32-bit amounts through libmemcached. */
+static memcached_return_t mc_step(memcached_st *m, const char *k, size_t kl, uint64_t delta,
+                                  int up, uint64_t *v)
+{
+    memcached_return_t rc = MEMCACHED_SUCCESS;
+    do {
+        uint32_t d = delta > UINT32_MAX ? UINT32_MAX : (uint32_t)delta;
+        rc = up ? memcached_increment(m, k, kl, d, v) : memcached_decrement(m, k, kl, d, v);
+        delta -= d;
+    } while (rc == MEMCACHED_SUCCESS && delta > 0);
+    return rc;
+}
+
 static mx_store_rc mc_get(mx_store *base, const char *key, GBytes **val)
 {
     mc_store *s = (mc_store *)base;
@@ -290,7 +314,7 @@ static mx_store_rc mc_set(mx_store *base, const char *key, const void *val, size
     rec_mac(s, c.key, val, len, (unsigned char *)buf + 1);
     memcpy(buf + 1 + MAC_LEN, val, len);
     memcached_return_t rc =
-        memcached_set(c.m, c.key, strlen(c.key), buf, 1 + MAC_LEN + len, (time_t)ttl, 0);
+        memcached_set(c.m, c.key, strlen(c.key), buf, 1 + MAC_LEN + len, mc_ttl(ttl), 0);
     g_free(buf);
     return call_end(s, &c, rc);
 }
@@ -307,15 +331,15 @@ static mx_store_rc mc_incr(mx_store *base, const char *key, uint64_t delta, int 
         return MX_STORE_ERROR;
     size_t kl = strlen(c.key);
     uint64_t v = 0;
-    memcached_return_t rc = memcached_increment(c.m, c.key, kl, (uint32_t)delta, &v);
+    memcached_return_t rc = mc_step(c.m, c.key, kl, delta, 1, &v);
     if (rc == MEMCACHED_NOTFOUND) {
         char num[24];
         int n = snprintf(num, sizeof(num), "%llu", (unsigned long long)delta);
-        rc = memcached_add(c.m, c.key, kl, num, (size_t)n, (time_t)ttl, 0);
+        rc = memcached_add(c.m, c.key, kl, num, (size_t)n, mc_ttl(ttl), 0);
         if (rc == MEMCACHED_SUCCESS || rc == MEMCACHED_STORED) {
             v = delta;
         } else if (rc == MEMCACHED_NOTSTORED || rc == MEMCACHED_DATA_EXISTS) {
-            rc = memcached_increment(c.m, c.key, kl, (uint32_t)delta, &v);
+            rc = mc_step(c.m, c.key, kl, delta, 1, &v);
         }
     }
     mx_store_rc r = call_end(s, &c, rc);
@@ -333,7 +357,7 @@ static mx_store_rc mc_decr(mx_store *base, const char *key, uint64_t delta)
     if (!call_begin(s, &c, key))
         return MX_STORE_ERROR;
     uint64_t v = 0;
-    memcached_return_t rc = memcached_decrement(c.m, c.key, strlen(c.key), (uint32_t)delta, &v);
+    memcached_return_t rc = mc_step(c.m, c.key, strlen(c.key), delta, 0, &v);
     mx_store_rc r = call_end(s, &c, rc);
     if (r == MX_STORE_OK && rc == MEMCACHED_NOTFOUND)
         r = MX_STORE_NOT_FOUND;

@@ -1,22 +1,41 @@
 /*
- * admin.c: /health, /metrics and the backend probe (see admin.h).
+ * admin.c: /health, /metrics, the /v1 reputation endpoints and the
+ * backend probe (see admin.h).
  *
  * A deliberately small HTTP/1.0 responder: one request per connection,
- * bounded request size and time. It is for a load balancer's health check
- * and a metrics scraper on a management network, not for the internet.
+ * bounded request size and time. It is for a load balancer's health check,
+ * a metrics scraper and mxgatectl on a management network, not for the
+ * internet. Bodies (POST) need a Content-Length, at most BODY_MAX bytes,
+ * and only BODY_SLOTS of them are held at a time; changes are taken from
+ * this host only.
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
 #include "admin.h"
-#include "policy.h"
+#include "feed.h"
 #include "log.h"
+#include "policy.h"
 
-#define REQ_MAX 2048
+/* Request line and headers. */
+#define REQ_MAX 8192
+/* A feed's body (POST /v1/feed), and how many such bodies may be held or
+ * applied at once: memory stays under BODY_SLOTS x BODY_MAX. */
+#define BODY_MAX (16u << 20)
+#define BODY_SLOTS 2
+/* Updates applied per turn of the loop: the embedded store never blocks,
+ * but a 16 MiB feed would hold /health and signals for a second or more. */
+#define FEED_SLICE 2000
+/* Bad lines listed in one reply; the summary counts them all. */
+#define FEED_ERRORS_MAX 10000
+#define REQ_TIMEOUT 5.
+#define BODY_TIMEOUT 60.
 
 struct mx_admin {
     mx_server *srv;
@@ -26,6 +45,7 @@ struct mx_admin {
     ev_timer probe_timer;
     int probing;       /* probes in flight */
     int probe_up;      /* some backend answered 220 in this round */
+    int bodies;        /* requests holding a body slot */
 };
 
 typedef struct http_conn {
@@ -33,8 +53,25 @@ typedef struct http_conn {
     int fd;
     ev_io io;
     ev_timer timer;
+    ev_idle work;      /* a feed being applied, a slice per turn */
     char req[REQ_MAX];
     size_t len;
+    size_t head;       /* bytes of request line and headers, once complete */
+    char *body;        /* POST: body_want bytes, body_len of them read */
+    size_t body_len, body_want;
+    int slot;          /* holds one of a->bodies */
+    char *target;      /* the request target, for the handler */
+    /* POST /v1/feed */
+    mx_feed_reader *feed;
+    mx_store *store;
+    GString *feed_out;
+    char *source;
+    uint64_t applied, bad, store_errors;
+    int64_t now;
+    gint64 t0;
+    /* the response */
+    char *out;
+    size_t out_len, out_off;
 } http_conn;
 
 typedef struct probe {
@@ -51,25 +88,369 @@ static void http_close(http_conn *c)
 {
     ev_io_stop(c->a->loop, &c->io);
     ev_timer_stop(c->a->loop, &c->timer);
+    ev_idle_stop(c->a->loop, &c->work);
     close(c->fd);
+    if (c->slot)
+        c->a->bodies--;
+    g_free(c->body);
+    g_free(c->target);
+    mx_feed_reader_free(c->feed);
+    if (c->feed_out)
+        g_string_free(c->feed_out, TRUE);
+    g_free(c->source);
+    g_free(c->out);
     g_free(c);
+}
+
+static const char *status_text(int code)
+{
+    switch (code) {
+    case 200: return "OK";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 409: return "Conflict";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 501: return "Not Implemented";
+    case 503: return "Service Unavailable";
+    default: return "Bad Request";
+    }
+}
+
+static void on_http_write(struct ev_loop *loop, ev_io *w, int revents)
+{
+    http_conn *c = w->data;
+    while (c->out_off < c->out_len) {
+        ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            return;
+        if (n <= 0)
+            break; /* the client went away */
+        c->out_off += (size_t)n;
+    }
+    http_close(c);
+}
+
+/* Send the response, as many writes as it takes, then close. */
+static void http_respond_len(http_conn *c, int code, const char *body, size_t len)
+{
+    GString *r = g_string_sized_new(len + 200);
+    g_string_printf(r,
+                    "HTTP/1.0 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                    "Content-Length: %zu\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n",
+                    code, status_text(code), len);
+    g_string_append_len(r, body, (gssize)len);
+    c->out_len = r->len;
+    c->out = g_string_free(r, FALSE);
+    c->out_off = 0;
+    /* a large reply to a slow reader gets its own time */
+    ev_timer_stop(c->a->loop, &c->timer);
+    ev_timer_set(&c->timer, BODY_TIMEOUT, 0.);
+    ev_timer_start(c->a->loop, &c->timer);
+    ev_io_stop(c->a->loop, &c->io);
+    ev_io_init(&c->io, on_http_write, c->fd, EV_WRITE);
+    c->io.data = c;
+    ev_io_start(c->a->loop, &c->io);
+    on_http_write(c->a->loop, &c->io, EV_WRITE);
 }
 
 static void http_respond(http_conn *c, int code, const char *body)
 {
-    g_autofree char *resp = g_strdup_printf(
-        "HTTP/1.0 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        "Content-Length: %zu\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n%s",
-        code, code == 200 ? "OK" : code == 503 ? "Service Unavailable" : code == 404 ? "Not Found" : "Bad Request",
-        strlen(body), body);
-    /* Small response into an empty socket buffer: one send suffices; if
-     * not, the client sees a short response, which is its problem. */
-    ssize_t w = send(c->fd, resp, strlen(resp), MSG_NOSIGNAL);
-    (void)w;
-    http_close(c);
+    http_respond_len(c, code, body, strlen(body));
 }
 
-static void handle_request(http_conn *c)
+static void http_respond_printf(http_conn *c, int code, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
+static void http_respond_printf(http_conn *c, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    g_autofree char *body = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    http_respond(c, code, body);
+}
+
+/* ---- /v1: reputation and rate limits in the node's embedded store ---- */
+
+/* The value of query parameter name in target, unescaped; NULL when
+ * absent. *bad is set when it is present but not decodable. */
+static char *query_param(const char *target, const char *name, int *bad)
+{
+    const char *q = strchr(target, '?');
+    if (!q)
+        return NULL;
+    size_t nl = strlen(name);
+    for (const char *p = q + 1; *p;) {
+        const char *amp = strchr(p, '&');
+        size_t len = amp ? (size_t)(amp - p) : strlen(p);
+        if (len > nl && strncmp(p, name, nl) == 0 && p[nl] == '=') {
+            g_autofree char *raw = g_strndup(p + nl + 1, len - nl - 1);
+            char *v = g_uri_unescape_string(raw, NULL);
+            if (!v)
+                *bad = 1;
+            return v;
+        }
+        if (len == nl && strncmp(p, name, nl) == 0)
+            return g_strdup("");
+        p += len + (amp ? 1 : 0);
+    }
+    return NULL;
+}
+
+/* Changes come from this host only: admin.listen also serves the load
+ * balancer and the metrics scraper, which must not be able to allow-list
+ * a sender. Loopback, or the very address the request came in on. */
+static int same_host(int fd)
+{
+    struct sockaddr_storage peer, self;
+    socklen_t pl = sizeof(peer), sl = sizeof(self);
+    if (getpeername(fd, (struct sockaddr *)&peer, &pl) < 0 ||
+        getsockname(fd, (struct sockaddr *)&self, &sl) < 0)
+        return 0;
+    if (peer.ss_family == AF_INET) {
+        const struct sockaddr_in *p = (const struct sockaddr_in *)&peer;
+        const struct sockaddr_in *s = (const struct sockaddr_in *)&self;
+        return (ntohl(p->sin_addr.s_addr) >> 24) == 127 ||
+               (self.ss_family == AF_INET && p->sin_addr.s_addr == s->sin_addr.s_addr);
+    }
+    if (peer.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *p = (const struct sockaddr_in6 *)&peer;
+        const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)&self;
+        if (IN6_IS_ADDR_LOOPBACK(&p->sin6_addr))
+            return 1;
+        if (IN6_IS_ADDR_V4MAPPED(&p->sin6_addr) && p->sin6_addr.s6_addr[12] == 127)
+            return 1;
+        return self.ss_family == AF_INET6 &&
+               memcmp(&p->sin6_addr, &s->sin6_addr, sizeof(p->sin6_addr)) == 0;
+    }
+    return peer.ss_family == AF_UNIX;
+}
+
+/* The node's store when it is the embedded one; otherwise a reply. */
+static mx_store *embedded_store(http_conn *c)
+{
+    mx_server *srv = c->a->srv;
+    mx_store *st = srv->policy ? mx_policy_store(srv->policy) : NULL;
+    if (!st) {
+        http_respond(c, 503, "no store: the policy is not running\n");
+        return NULL;
+    }
+    if (strcmp(st->ops->name, "embedded") != 0) {
+        /* a remote store would block this loop: mxgatectl reaches it itself */
+        http_respond(c, 409,
+                     "this node uses memcached (cluster.memcached); run mxgatectl with the "
+                     "node's configuration to reach it directly\n");
+        return NULL;
+    }
+    return st;
+}
+
+static void get_rep(http_conn *c, const char *target, int change)
+{
+    mx_store *st = embedded_store(c);
+    if (!st)
+        return;
+    int bad = 0;
+    g_autofree char *kind = query_param(target, "kind", &bad);
+    g_autofree char *value = query_param(target, "value", &bad);
+    g_autofree char *op = change ? query_param(target, "op", &bad) : NULL;
+    g_autofree char *score = change ? query_param(target, "score", &bad) : NULL;
+    g_autofree char *ttl = change ? query_param(target, "ttl", &bad) : NULL;
+    g_autofree char *flag = change ? query_param(target, "flag", &bad) : NULL;
+    g_autofree char *reason = change ? query_param(target, "reason", &bad) : NULL;
+    g_autofree char *source = change ? query_param(target, "source", &bad) : NULL;
+    if (bad) {
+        http_respond(c, 400, "bad percent-encoding in the query\n");
+        return;
+    }
+    mx_feed_update u;
+    char *err = NULL;
+    /* a read is checked as an update would be, for the same messages */
+    if (mx_feed_update_build(&u, change ? op : "del", kind, value, change ? score : NULL,
+                             change ? ttl : NULL, flag, change ? reason : NULL, &err) < 0) {
+        http_respond_printf(c, 400, "%s\n", err);
+        g_free(err);
+        return;
+    }
+    if (source && (strlen(source) > 63 || strpbrk(source, "\r\n\t"))) {
+        mx_feed_update_clear(&u);
+        http_respond(c, 400, "source: at most 63 bytes on one line\n");
+        return;
+    }
+    int64_t now = (int64_t)time(NULL);
+    if (change) {
+        if (mx_feed_apply(st, &u, now, source && *source ? source : "admin") != MX_STORE_OK) {
+            mx_feed_update_clear(&u);
+            http_respond(c, 503, "store error\n");
+            return;
+        }
+        mx_rep_bump_generation(st);
+        mx_log_msg(MX_LOG_INFO, "reputation_changed", "%s:%s %s by %s",
+                   mx_rep_kind_name(u.kind), u.value, mx_feed_op_name(u.op),
+                   source && *source ? source : "admin");
+    }
+    mx_config *cfg = mx_server_config(c->a->srv);
+    mx_rep r;
+    mx_store_rc rc = mx_rep_read(st, u.kind, u.value, now, cfg->rep_decay, &r);
+    mx_config_unref(cfg);
+    if (rc != MX_STORE_OK) {
+        mx_feed_update_clear(&u);
+        http_respond(c, 503, "store error\n");
+        return;
+    }
+    GString *out = g_string_new(NULL);
+    mx_feed_describe_rep(out, u.kind, u.value, &r, now);
+    mx_feed_update_clear(&u);
+    http_respond_len(c, 200, out->str, out->len);
+    g_string_free(out, TRUE);
+}
+
+static void get_limits(http_conn *c, const char *target)
+{
+    mx_store *st = embedded_store(c);
+    if (!st)
+        return;
+    int bad = 0;
+    g_autofree char *key = query_param(target, "key", &bad);
+    if (bad || !key) {
+        http_respond(c, 400, bad ? "bad percent-encoding in the query\n"
+                                 : "key: missing (GET /v1/limits?key=IP|ADDRESS|DOMAIN)\n");
+        return;
+    }
+    mx_config *cfg = mx_server_config(c->a->srv);
+    GString *out = g_string_new(NULL);
+    int n = mx_feed_describe_limits(out, st, cfg->rules, cfg->nrules, key, (int64_t)time(NULL));
+    mx_config_unref(cfg);
+    http_respond_len(c, n < 0 ? 400 : 200, out->str, out->len);
+    g_string_free(out, TRUE);
+}
+
+static void feed_finish(http_conn *c)
+{
+    ev_idle_stop(c->a->loop, &c->work);
+    if (c->applied)
+        mx_rep_bump_generation(c->store);
+    double ms = (double)(g_get_monotonic_time() - c->t0) / 1000.;
+    if (c->bad > FEED_ERRORS_MAX)
+        g_string_append_printf(c->feed_out, "(%" G_GUINT64_FORMAT " more bad %ss not listed)\n",
+                               c->bad - FEED_ERRORS_MAX, mx_feed_reader_unit(c->feed));
+    g_string_append_printf(c->feed_out, "applied %" G_GUINT64_FORMAT ", bad %" G_GUINT64_FORMAT
+                           ", in %.0f ms (%.0f/s)\n",
+                           c->applied, c->bad, ms, ms > 0 ? (double)c->applied * 1000. / ms : 0.);
+    mx_log_msg(MX_LOG_INFO, "reputation_feed", "source=%s applied=%" G_GUINT64_FORMAT
+               " bad=%" G_GUINT64_FORMAT " ms=%.0f", c->source, c->applied, c->bad, ms);
+    GString *out = c->feed_out;
+    c->feed_out = NULL;
+    http_respond_len(c, c->store_errors ? 503 : 200, out->str, out->len);
+    g_string_free(out, TRUE);
+}
+
+static void on_feed_work(struct ev_loop *loop, ev_idle *w, int revents)
+{
+    http_conn *c = w->data;
+    for (int i = 0; i < FEED_SLICE; i++) {
+        mx_feed_update u;
+        uint64_t number = 0;
+        char *err = NULL;
+        int rc = mx_feed_reader_next(c->feed, &u, &number, &err);
+        if (rc == MX_FEED_END || rc == MX_FEED_AGAIN) {
+            feed_finish(c);
+            return;
+        }
+        if (rc == MX_FEED_UPDATE && mx_feed_apply(c->store, &u, c->now, c->source) != MX_STORE_OK) {
+            c->store_errors++;
+            err = g_strdup("store error");
+            rc = MX_FEED_BAD;
+        }
+        if (rc == MX_FEED_BAD) {
+            if (++c->bad <= FEED_ERRORS_MAX)
+                g_string_append_printf(c->feed_out, "%s %" G_GUINT64_FORMAT ": %s\n",
+                                       mx_feed_reader_unit(c->feed), number, err);
+            g_free(err);
+        } else {
+            c->applied++;
+        }
+        mx_feed_update_clear(&u);
+    }
+}
+
+static void post_feed(http_conn *c, const char *target)
+{
+    mx_store *st = embedded_store(c);
+    if (!st)
+        return;
+    int bad = 0;
+    g_autofree char *format = query_param(target, "format", &bad);
+    g_autofree char *first = query_param(target, "first", &bad);
+    g_autofree char *source = query_param(target, "source", &bad);
+    if (bad) {
+        http_respond(c, 400, "bad percent-encoding in the query\n");
+        return;
+    }
+    mx_feed_format f = MX_FEED_TEXT;
+    if (format && strcmp(format, "protobuf") == 0) {
+        f = MX_FEED_PROTOBUF;
+    } else if (format && strcmp(format, "text") != 0) {
+        http_respond(c, 400, "format: text or protobuf\n");
+        return;
+    }
+    guint64 n1 = 1;
+    if (first && (!g_ascii_string_to_unsigned(first, 10, 1, G_MAXUINT64 / 2, &n1, NULL))) {
+        http_respond(c, 400, "first: the number of the body's first line, from 1\n");
+        return;
+    }
+    if (source && (strlen(source) > 63 || strpbrk(source, "\r\n\t"))) {
+        http_respond(c, 400, "source: at most 63 bytes on one line\n");
+        return;
+    }
+    c->store = st;
+    c->source = g_strdup(source && *source ? source : "admin");
+    c->feed = mx_feed_reader_new(f, n1);
+    mx_feed_reader_push(c->feed, c->body, c->body_len);
+    mx_feed_reader_finish(c->feed);
+    g_free(c->body);
+    c->body = NULL;
+    c->feed_out = g_string_new(NULL);
+    c->now = (int64_t)time(NULL);
+    c->t0 = g_get_monotonic_time();
+    ev_io_stop(c->a->loop, &c->io);
+    ev_idle_init(&c->work, on_feed_work);
+    c->work.data = c;
+    ev_idle_start(c->a->loop, &c->work);
+}
+
+static void handle_v1(http_conn *c, const char *method, const char *target)
+{
+    size_t plen = strcspn(target, "?");
+    int post = strcmp(method, "POST") == 0;
+    int get = strcmp(method, "GET") == 0;
+    if (post && !same_host(c->fd)) {
+        http_respond(c, 403, "changes are accepted from this host only\n");
+        return;
+    }
+    if (plen == 7 && strncmp(target, "/v1/rep", 7) == 0) {
+        if (get || post)
+            get_rep(c, target, post);
+        else
+            http_respond(c, 405, "GET or POST /v1/rep\n");
+    } else if (plen == 10 && strncmp(target, "/v1/limits", 10) == 0) {
+        if (get)
+            get_limits(c, target);
+        else
+            http_respond(c, 405, "GET /v1/limits\n");
+    } else if (plen == 8 && strncmp(target, "/v1/feed", 8) == 0) {
+        if (post)
+            post_feed(c, target);
+        else
+            http_respond(c, 405, "POST /v1/feed\n");
+    } else {
+        http_respond(c, 404, "not found\n");
+    }
+}
+
+static void handle_request(http_conn *c, const char *method, const char *target)
 {
     mx_server *srv = c->a->srv;
     if (g_str_has_prefix(c->req, "GET /health ") || g_str_has_prefix(c->req, "HEAD /health ")) {
@@ -144,12 +525,106 @@ static void handle_request(http_conn *c)
         g_string_free(m, TRUE);
         return;
     }
-    http_respond(c, 404, "not found\n");
+    handle_v1(c, method, target);
+}
+
+/* The request line and headers are in c->req[0..c->head). For a POST,
+ * the body's length, or a reply and -1. */
+static int parse_head(http_conn *c, char *method, size_t mlen, char **target)
+{
+    const char *end = c->req + c->head;
+    const char *eol = memchr(c->req, '\n', c->head);
+    const char *sp1 = memchr(c->req, ' ', (size_t)(eol - c->req));
+    const char *sp2 = sp1 ? memchr(sp1 + 1, ' ', (size_t)(eol - sp1 - 1)) : NULL;
+    if (!sp1 || !sp2 || (size_t)(sp1 - c->req) >= mlen || sp2 == sp1 + 1) {
+        http_respond(c, 400, "bad request line\n");
+        return -1;
+    }
+    memcpy(method, c->req, (size_t)(sp1 - c->req));
+    method[sp1 - c->req] = 0;
+    *target = g_strndup(sp1 + 1, (size_t)(sp2 - sp1 - 1));
+    if (strcmp(method, "POST") != 0)
+        return 0;
+    int have = 0;
+    guint64 want = 0;
+    for (const char *l = eol + 1; l < end;) {
+        const char *nl = memchr(l, '\n', (size_t)(end - l));
+        size_t n = nl ? (size_t)(nl - l) : (size_t)(end - l);
+        g_autofree char *line = g_strstrip(g_strndup(l, n));
+        if (g_ascii_strncasecmp(line, "transfer-encoding:", 18) == 0) {
+            http_respond(c, 501, "Transfer-Encoding is not supported: send Content-Length\n");
+            return -1;
+        }
+        if (g_ascii_strncasecmp(line, "content-length:", 15) == 0) {
+            const char *v = line + 15;
+            while (*v == ' ' || *v == '\t')
+                v++;
+            guint64 x;
+            if (!g_ascii_string_to_unsigned(v, 10, 0, G_MAXUINT64, &x, NULL) ||
+                (have && x != want)) {
+                http_respond(c, 400, "bad Content-Length\n");
+                return -1;
+            }
+            want = x;
+            have = 1;
+        }
+        l += n + 1;
+    }
+    if (!have) {
+        http_respond(c, 411, "Content-Length required\n");
+        return -1;
+    }
+    if (want > BODY_MAX) {
+        http_respond_printf(c, 413, "body of %" G_GUINT64_FORMAT " bytes; at most %u per request "
+                            "(send a larger feed in parts)\n", want, BODY_MAX);
+        return -1;
+    }
+    /* decided before the body is read: nobody else uploads a feed */
+    if (!same_host(c->fd)) {
+        http_respond(c, 403, "changes are accepted from this host only\n");
+        return -1;
+    }
+    if (c->a->bodies >= BODY_SLOTS) {
+        http_respond(c, 503, "busy: other feeds are being applied; retry\n");
+        return -1;
+    }
+    c->a->bodies++;
+    c->slot = 1;
+    c->body_want = (size_t)want;
+    c->body = g_malloc(c->body_want ? c->body_want : 1);
+    size_t have_now = c->len - c->head;
+    c->body_len = have_now < c->body_want ? have_now : c->body_want;
+    memcpy(c->body, c->req + c->head, c->body_len);
+    return 1;
+}
+
+static void dispatch(http_conn *c)
+{
+    char method[16];
+    /* the request line again: c->target was kept for the body's wait */
+    const char *sp = memchr(c->req, ' ', c->head);
+    size_t ml = sp ? (size_t)(sp - c->req) : 0;
+    memcpy(method, c->req, ml < sizeof(method) ? ml : 0);
+    method[ml < sizeof(method) ? ml : 0] = 0;
+    handle_request(c, method, c->target);
 }
 
 static void on_http_read(struct ev_loop *loop, ev_io *w, int revents)
 {
     http_conn *c = w->data;
+    if (c->head && c->body) {
+        ssize_t n = recv(c->fd, c->body + c->body_len, c->body_want - c->body_len, 0);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return;
+        if (n <= 0) {
+            http_close(c); /* gone before the whole body */
+            return;
+        }
+        c->body_len += (size_t)n;
+        if (c->body_len == c->body_want)
+            dispatch(c);
+        return;
+    }
     ssize_t n = recv(c->fd, c->req + c->len, REQ_MAX - 1 - c->len, 0);
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         return;
@@ -159,12 +634,28 @@ static void on_http_read(struct ev_loop *loop, ev_io *w, int revents)
     }
     c->len += (size_t)n;
     c->req[c->len] = '\0';
-    if (strstr(c->req, "\r\n\r\n") || strstr(c->req, "\n\n")) {
-        handle_request(c);
+    const char *crlf = memmem(c->req, c->len, "\r\n\r\n", 4);
+    const char *lf = memmem(c->req, c->len, "\n\n", 2);
+    if (crlf && (!lf || crlf < lf))
+        c->head = (size_t)(crlf - c->req) + 4;
+    else if (lf)
+        c->head = (size_t)(lf - c->req) + 2;
+    if (!c->head) {
+        if (c->len >= REQ_MAX - 1)
+            http_respond(c, 400, "request too large\n");
         return;
     }
-    if (c->len >= REQ_MAX - 1)
-        http_respond(c, 400, "request too large\n");
+    char method[16];
+    int rc = parse_head(c, method, sizeof(method), &c->target);
+    if (rc < 0)
+        return;
+    if (rc == 0 || c->body_len == c->body_want) {
+        dispatch(c);
+        return;
+    }
+    ev_timer_stop(loop, &c->timer);
+    ev_timer_set(&c->timer, BODY_TIMEOUT, 0.);
+    ev_timer_start(loop, &c->timer);
 }
 
 static void on_http_timeout(struct ev_loop *loop, ev_timer *t, int revents)
@@ -183,7 +674,7 @@ static void on_admin_accept(struct ev_loop *loop, ev_io *w, int revents)
         c->a = a;
         c->fd = fd;
         ev_io_init(&c->io, on_http_read, fd, EV_READ);
-        ev_timer_init(&c->timer, on_http_timeout, 5., 0.);
+        ev_timer_init(&c->timer, on_http_timeout, REQ_TIMEOUT, 0.);
         c->io.data = c->timer.data = c;
         ev_io_start(loop, &c->io);
         ev_timer_start(loop, &c->timer);

@@ -104,8 +104,26 @@ void mx_conn_tls_step(mx_session *s)
     mx_session_process(s);
 }
 
+/* An IPv4 client on a dual-stack [::] listener arrives as ::ffff:a.b.c.d:
+ * turn it into the IPv4 address it is, so logs, XCLIENT, reputation and
+ * rate limits all see one address for one client. */
+static void unmap_v4(struct sockaddr_storage *ss)
+{
+    if (ss->ss_family != AF_INET6)
+        return;
+    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+    if (!IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr))
+        return;
+    struct sockaddr_in in = {.sin_family = AF_INET, .sin_port = in6->sin6_port};
+    memcpy(&in.sin_addr, &in6->sin6_addr.s6_addr[12], 4);
+    memset(ss, 0, sizeof(*ss));
+    memcpy(ss, &in, sizeof(in));
+}
+
 void mx_conn_set_peer_text(mx_session *s)
 {
+    unmap_v4(&s->peer);
+    unmap_v4(&s->local);
     if (s->peer.ss_family == AF_INET) {
         const struct sockaddr_in *in = (const struct sockaddr_in *)&s->peer;
         inet_ntop(AF_INET, &in->sin_addr, s->addr, sizeof(s->addr));

@@ -194,8 +194,11 @@ static int check_reputation(pol_job *j, int may_block, int64_t now)
             r[n++] = (rep_read){MX_REP_NET, nets[i]};
     }
     char *domain = NULL;
+    char *sender = NULL;
     if (j->stage == MX_POL_MAIL && j->from && *j->from) {
-        r[n++] = (rep_read){MX_REP_SENDER, j->from};
+        /* records are kept lowercase (mx_rep_normalize) */
+        sender = g_utf8_strdown(j->from, -1);
+        r[n++] = (rep_read){MX_REP_SENDER, sender};
         const char *at = strrchr(j->from, '@');
         if (at && at[1]) {
             domain = g_utf8_strdown(at + 1, -1);
@@ -259,6 +262,7 @@ out:
     g_free(nets[0]);
     g_free(nets[1]);
     g_free(domain);
+    g_free(sender);
     return rc;
 }
 

@@ -419,6 +419,22 @@ class SmtpClient:
 
 # ---------------------------------------------------------------- test base
 
+def first_reply(port, source=None, timeout=5):
+    """The first reply a connection (from source) gets: the banner, or a
+    refusal before it. A banner is followed by QUIT."""
+    c = SmtpClient(port, source=source, timeout=timeout)
+    try:
+        r = c.reply()
+        if r.code == 220:
+            try:
+                c.cmd("QUIT")
+            except (OSError, EOFError, SmtpError):
+                pass
+        return r
+    finally:
+        c.close()
+
+
 class IntegrationCase(unittest.TestCase):
     """A TestCase with a private temp dir and clean-up of everything started.
 

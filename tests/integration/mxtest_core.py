@@ -145,6 +145,16 @@ def mxgate_binary():
     return path
 
 
+def mxgatectl_binary():
+    """The operator's tool: $MXGATECTL_BIN (set by ctest), else next to the
+    daemon under test. Missing is a failure, as for mxgate."""
+    path = os.environ.get("MXGATECTL_BIN") or os.path.join(
+        os.path.dirname(os.environ.get("MXGATE_BIN", DEFAULT_MXGATE)), "mxgatectl")
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        raise AssertionError("mxgatectl binary not found at %s (set MXGATECTL_BIN)" % path)
+    return path
+
+
 # ---------------------------------------------------------------- reaper
 
 _REAPER_SRC = r"""
@@ -310,3 +320,104 @@ class Delivery:
         return line, rest
 
 
+
+
+# ---------------------------------------------------------------- memcached
+
+class Memcached:
+    """A private memcached on 127.0.0.1:port (no UDP, 32 MB), in the
+    foreground, stopped by the reaper if the test process dies.
+
+    kill() is SIGKILL (a crash: clients see refused connections), pause()
+    SIGSTOP (a hang: connections are accepted by the kernel, nothing is
+    answered) and resume() SIGCONT. get/set/delete speak the text protocol
+    directly, for tests that look at or tamper with what is stored."""
+
+    BINARY = "/usr/bin/memcached"
+
+    def __init__(self, port=None):
+        self.port = port or free_port()
+        self.proc = None
+        self._reap_key = None
+
+    @property
+    def address(self):
+        return "%s:%d" % (HOST, self.port)
+
+    def start(self, timeout=10):
+        require_program(self.BINARY, "memcached")
+        self.proc = subprocess.Popen(
+            [self.BINARY, "-u", "nobody", "-l", HOST, "-p", str(self.port), "-U", "0",
+             "-m", "32"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._reap_key = reaper.add(pid=self.proc.pid)
+        try:
+            wait_port(self.port, timeout, proc=self.proc)
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def _state(self):
+        try:
+            with open("/proc/%d/stat" % self.proc.pid) as f:
+                return f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return "?"
+
+    def pause(self, timeout=5):
+        """SIGSTOP, and wait until the process is really stopped."""
+        self.proc.send_signal(signal.SIGSTOP)
+        wait_until(lambda: self._state() in ("T", "t"), timeout, 0.01,
+                   "memcached %d stopped" % self.port)
+
+    def resume(self):
+        self.proc.send_signal(signal.SIGCONT)
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        stop_process(self.proc, signal.SIGTERM, 5)
+        reaper.remove(self._reap_key)
+        self._reap_key = None
+        self.proc = None
+
+    def _talk(self, data, until, timeout=2):
+        with socket.create_connection((HOST, self.port), timeout=timeout) as s:
+            s.sendall(data)
+            buf = b""
+            while not any(buf.endswith(u) for u in until):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+            return buf
+
+    def get(self, key):
+        """The stored bytes of key, or None."""
+        r = self._talk(b"get %s\r\n" % key.encode(), (b"END\r\n",))
+        if not r.startswith(b"VALUE "):
+            return None
+        head, _, rest = r.partition(b"\r\n")
+        n = int(head.split()[3])
+        return rest[:n]
+
+    def set(self, key, value, exptime=0):
+        r = self._talk(b"set %s 0 %d %d\r\n%s\r\n" % (key.encode(), exptime, len(value), value),
+                       (b"STORED\r\n", b"ERROR\r\n", b"NOT_STORED\r\n"))
+        if r != b"STORED\r\n":
+            raise RuntimeError("memcached set %s: %r" % (key, r))
+
+    def delete(self, key):
+        return self._talk(b"delete %s\r\n" % key.encode(),
+                          (b"DELETED\r\n", b"NOT_FOUND\r\n")) == b"DELETED\r\n"

@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <netinet/in.h>
@@ -55,6 +56,12 @@ static int port_open(int port)
     return ok;
 }
 
+/* A test that aborts must not leave its servers behind. */
+static void die_with_parent(gpointer unused)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+}
+
 static void server_start(server *s)
 {
     s->port = free_port();
@@ -65,8 +72,8 @@ static void server_start(server *s)
     char *argv[] = {(char *)bin, "-l", "127.0.0.1", "-p", port, "-U", "0", "-m", "16",
                     "-u", "nobody", NULL};
     GError *e = NULL;
-    if (!g_spawn_async(NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_SEARCH_PATH, NULL,
-                       NULL, &s->pid, &e))
+    if (!g_spawn_async(NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_SEARCH_PATH,
+                       die_with_parent, NULL, &s->pid, &e))
         g_error("memcached: %s (install Debian package memcached)", e->message);
     for (int i = 0; i < 200 && !port_open(s->port); i++)
         g_usleep(10000);
