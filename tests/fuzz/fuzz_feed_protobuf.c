@@ -17,19 +17,7 @@
  *    127 bytes of UTF-8 without control bytes, and it encodes and reads
  *    back the same.
  */
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-
-#include "feed.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c) \
-    do { \
-        if (!(c)) \
-            abort(); \
-    } while (0)
+#include "feed_fuzz.h"
 
 static void check_update(const mx_feed_update *u)
 {
@@ -52,22 +40,7 @@ static void check_update(const mx_feed_update *u)
             CHECK((unsigned char)u->reason[i] >= 0x20 && u->reason[i] != 0x7f);
     }
 
-    GByteArray *b = g_byte_array_new();
-    mx_feed_encode_protobuf(u, b);
-    mx_feed_reader *r = mx_feed_reader_new(MX_FEED_PROTOBUF, 7);
-    mx_feed_reader_push(r, b->data, b->len);
-    mx_feed_reader_finish(r);
-    mx_feed_update v;
-    uint64_t n = 0;
-    CHECK(mx_feed_reader_next(r, &v, &n, &err) == MX_FEED_UPDATE);
-    CHECK(n == 7 && v.kind == u->kind && v.op == u->op && v.score == u->score &&
-          v.ttl == u->ttl && strcmp(v.value, u->value) == 0);
-    CHECK((v.reason == NULL) == (u->reason == NULL));
-    CHECK(!v.reason || strcmp(v.reason, u->reason) == 0);
-    mx_feed_update_clear(&v);
-    CHECK(mx_feed_reader_next(r, &v, &n, &err) == MX_FEED_END);
-    mx_feed_reader_free(r);
-    g_byte_array_unref(b);
+    check_roundtrip(u, 7);
 }
 
 static void log_item(GString *log, int rc, uint64_t n, const mx_feed_update *u, const char *err)
@@ -107,24 +80,6 @@ static void drain(mx_feed_reader *r, GString *log, int finished)
         g_free(err);
         mx_feed_update_clear(&u);
     }
-}
-
-static char *read_in_pieces(const uint8_t *in, size_t n, size_t step)
-{
-    mx_feed_reader *r = mx_feed_reader_new(MX_FEED_PROTOBUF, 1);
-    GString *log = g_string_new(NULL);
-    for (size_t off = 0; off < n; off += step) {
-        size_t k = n - off < step ? n - off : step;
-        uint8_t *piece = malloc(k);
-        memcpy(piece, in + off, k);
-        mx_feed_reader_push(r, piece, k);
-        free(piece);
-        drain(r, log, 0);
-    }
-    mx_feed_reader_finish(r);
-    drain(r, log, 1);
-    mx_feed_reader_free(r);
-    return g_string_free(log, FALSE);
 }
 
 /* The oracle's varint: 1 read, 0 cut off, -1 more than 64 bits. */
@@ -201,21 +156,5 @@ static char *walk(const uint8_t *in, size_t n)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (size < 2)
-        return 0;
-    const uint8_t *in = data + 2;
-    size_t n = size - 2;
-    size_t step = ((size_t)data[0] | (size_t)data[1] << 8) % (n + 1);
-    if (step == 0)
-        step = 1;
-
-    char *whole = read_in_pieces(in, n, n ? n : 1);
-    char *pieces = read_in_pieces(in, n, step);
-    CHECK(strcmp(whole, pieces) == 0);
-    char *oracle = walk(in, n);
-    CHECK(strcmp(whole, oracle) == 0);
-    g_free(whole);
-    g_free(pieces);
-    g_free(oracle);
-    return 0;
+    return feed_fuzz_one(data, size, MX_FEED_PROTOBUF, drain, walk);
 }

@@ -15,19 +15,7 @@
  *    nothing);
  *  - every update encoded as a protobuf entry reads back the same.
  */
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-
-#include "feed.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c) \
-    do { \
-        if (!(c)) \
-            abort(); \
-    } while (0)
+#include "feed_fuzz.h"
 
 static void check_update(const mx_feed_update *u)
 {
@@ -44,20 +32,7 @@ static void check_update(const mx_feed_update *u)
     CHECK(again != NULL && strcmp(again, u->value) == 0);
     g_free(again);
 
-    GByteArray *b = g_byte_array_new();
-    mx_feed_encode_protobuf(u, b);
-    mx_feed_reader *r = mx_feed_reader_new(MX_FEED_PROTOBUF, 1);
-    mx_feed_reader_push(r, b->data, b->len);
-    mx_feed_reader_finish(r);
-    mx_feed_update v;
-    uint64_t n = 0;
-    CHECK(mx_feed_reader_next(r, &v, &n, &err) == MX_FEED_UPDATE);
-    CHECK(n == 1 && v.kind == u->kind && v.op == u->op && v.score == u->score &&
-          v.ttl == u->ttl && strcmp(v.value, u->value) == 0 && v.reason == NULL);
-    mx_feed_update_clear(&v);
-    CHECK(mx_feed_reader_next(r, &v, &n, &err) == MX_FEED_END);
-    mx_feed_reader_free(r);
-    g_byte_array_unref(b);
+    check_roundtrip(u, 7);
 }
 
 static void log_item(GString *log, int rc, uint64_t n, const mx_feed_update *u, const char *err)
@@ -94,25 +69,6 @@ static void drain(mx_feed_reader *r, GString *log, int finished)
     }
 }
 
-static char *read_in_pieces(const uint8_t *in, size_t n, size_t step)
-{
-    mx_feed_reader *r = mx_feed_reader_new(MX_FEED_TEXT, 1);
-    GString *log = g_string_new(NULL);
-    for (size_t off = 0; off < n; off += step) {
-        size_t k = n - off < step ? n - off : step;
-        /* each piece from its own allocation: ASan sees a read past it */
-        uint8_t *piece = malloc(k);
-        memcpy(piece, in + off, k);
-        mx_feed_reader_push(r, piece, k);
-        free(piece);
-        drain(r, log, 0);
-    }
-    mx_feed_reader_finish(r);
-    drain(r, log, 1);
-    mx_feed_reader_free(r);
-    return g_string_free(log, FALSE);
-}
-
 /* The oracle: cut at every LF, parse each line on its own. */
 static char *line_by_line(const uint8_t *in, size_t n)
 {
@@ -145,21 +101,5 @@ static char *line_by_line(const uint8_t *in, size_t n)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (size < 2)
-        return 0;
-    const uint8_t *in = data + 2;
-    size_t n = size - 2;
-    size_t step = ((size_t)data[0] | (size_t)data[1] << 8) % (n + 1);
-    if (step == 0)
-        step = 1;
-
-    char *whole = read_in_pieces(in, n, n ? n : 1);
-    char *pieces = read_in_pieces(in, n, step);
-    CHECK(strcmp(whole, pieces) == 0);
-    char *oracle = line_by_line(in, n);
-    CHECK(strcmp(whole, oracle) == 0);
-    g_free(whole);
-    g_free(pieces);
-    g_free(oracle);
-    return 0;
+    return feed_fuzz_one(data, size, MX_FEED_TEXT, drain, line_by_line);
 }
