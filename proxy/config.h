@@ -104,6 +104,8 @@ typedef struct mx_config {
     int clamav_max_files;
     int clamav_max_scan_time;
     int clamav_alert_exceeds_max;
+    int clamav_scan_html;
+    int clamav_phishing_urls;
     int clamav_on_error;
     int clamav_add_header;
     int clamav_canary_interval;

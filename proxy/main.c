@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <ev.h>
 #include <glib.h>
@@ -53,11 +54,20 @@ static mx_clam_conf clam_conf(const mx_config *cfg)
         .max_files = (uint32_t)cfg->clamav_max_files,
         .max_scan_time = (uint32_t)cfg->clamav_max_scan_time,
         .alert_exceeds_max = cfg->clamav_alert_exceeds_max,
+        .scan_html = cfg->clamav_scan_html,
+        .phishing_urls = cfg->clamav_phishing_urls,
         .canary_interval = cfg->clamav_canary_interval,
         .watch_interval = cfg->clamav_watch_interval,
         .log = clam_log,
     };
     return c;
+}
+
+/* The temp dir is made at start if missing (its parent must exist). */
+static void make_tmpdir(const char *dir)
+{
+    if (mkdir(dir, 0700) == 0)
+        mx_log_msg(MX_LOG_INFO, "clamav_tmpdir", "created %s", dir);
 }
 
 static void on_drain_timeout(struct ev_loop *loop, ev_timer *t, int revents)
@@ -204,6 +214,7 @@ int main(int argc, char **argv)
     }
     if (check) {
         if (cfg->clamav_enabled) {
+            make_tmpdir(cfg->clamav_tmpdir);
             mx_clam_conf cc = clam_conf(cfg);
             if (mx_clam_check(&cc, &err) < 0) {
                 fprintf(stderr, "mxgate: %s\n", err);
@@ -225,6 +236,7 @@ int main(int argc, char **argv)
     a.overrides = overrides;
     if (cfg->clamav_enabled) {
         /* One engine, loaded and checked before the first session. */
+        make_tmpdir(cfg->clamav_tmpdir);
         mx_clam_conf cc = clam_conf(cfg);
         a.clam = mx_clam_new(&cc, &err);
         if (!a.clam) {

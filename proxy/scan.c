@@ -70,7 +70,7 @@ static void scan_done(mx_job *job)
         s->received = j->headers;
         s->txn.scan = j->res;
         s->txn.scanned = 1;
-        s->txn.scan_ms = (int)((j->finished - j->started) / 1000);
+        s->txn.scan_us = j->finished - j->started;
         mx_smtp_scan_done(s);
     }
     mx_session_unref(s);

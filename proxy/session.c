@@ -186,7 +186,9 @@ void mx_session_log_message(mx_session *s, const char *outcome, const char *repl
         if (r->verdict == MX_SCAN_ERROR)
             mx_log_kv(l, "scan_error", r->why);
         mx_log_kv(l, "engine", r->version);
-        mx_log_kvi(l, "scan_ms", s->txn.scan_ms);
+        char ms[32];
+        snprintf(ms, sizeof(ms), "%.2f", (double)s->txn.scan_us / 1000.0);
+        mx_log_kv(l, "scan_ms", ms);
     }
     mx_log_kv(l, "backend", s->relay ? mx_relay_server(s->relay) : "-");
     if (s->relay && *mx_relay_error(s->relay) && outcome[0] == 't')

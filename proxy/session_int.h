@@ -51,7 +51,7 @@ typedef struct mx_txn {
     int failed;        /* a BDAT chunk failed: only RSET helps */
     gint64 started;
     int scanned;       /* scan holds a verdict */
-    int scan_ms;
+    int64_t scan_us;
     mx_scan_result scan;
 } mx_txn;
 

@@ -223,6 +223,8 @@ static struct cl_scan_options scan_options(const mx_clam_conf *conf)
     struct cl_scan_options o;
     memset(&o, 0, sizeof(o));
     o.parse = ~0u;                         /* every parser, as clamd does */
+    if (!conf->scan_html)
+        o.parse &= ~(unsigned)CL_SCAN_PARSE_HTML;
     o.general = CL_SCAN_GENERAL_HEURISTICS;
     if (conf->alert_exceeds_max)
         o.heuristic |= CL_SCAN_HEURISTIC_EXCEEDS_MAX;
@@ -371,7 +373,10 @@ static engine *engine_build(mx_clam *c, const mx_clam_conf *conf, char *why, siz
     unsigned sigs = 0;
     cl_report r = {0};
     tl_report = &r;
-    cl_error_t rc = cl_load(conf->database, cl, &sigs, CL_DB_STDOPT);
+    unsigned dbopts = CL_DB_STDOPT;
+    if (!conf->phishing_urls)
+        dbopts &= ~(unsigned)CL_DB_PHISHING_URLS;
+    cl_error_t rc = cl_load(conf->database, cl, &sigs, dbopts);
     if (rc == CL_SUCCESS)
         rc = cl_engine_compile(cl);
     tl_report = NULL;

@@ -35,6 +35,8 @@ typedef struct mx_clam_conf {
     uint32_t max_files;       /* files extracted per message */
     uint32_t max_scan_time;   /* milliseconds per message */
     int alert_exceeds_max;    /* a part past a limit is a detection, not a partial scan */
+    int scan_html;            /* normalise HTML (scripts, URLs) before matching */
+    int phishing_urls;        /* load phishing URL signatures and check URLs in mail */
     int canary_interval;      /* seconds between EICAR canaries */
     int watch_interval;       /* seconds between looks at the database dir; 0 = off */
     /* Where the scanner's own log lines go (level: 0 error .. 3 debug);

@@ -11,9 +11,12 @@
  *
  * Every command is one write; the message (headers, body and the final
  * ".") is prepared once and sent with as few, large writes as the socket
- * takes. Any reply that is not 2xx/3xx, a connection failure, an early
- * close or a timeout counts as an error and ends that session; the slot
- * then starts a new session.
+ * takes. With -u every message gets a body of its own: each slot sends its
+ * own copy, with the process id and a message counter written over the
+ * first 16 characters of the body (content scanners cache verdicts by
+ * content, and real mail does not repeat). Any reply that is not 2xx/3xx,
+ * a connection failure, an early close or a timeout counts as an error and
+ * ends that session; the slot then starts a new session.
  *
  * Latency of a message: from connect() (first message of a session) or from
  * sending MAIL (later messages of the same session) to the 250 that answers
@@ -44,6 +47,7 @@
  * Load mode runs -w seconds of warm-up, then -t measured seconds, then lets
  * the sessions in flight finish, and prints one line of key=value pairs:
  *
+ *   unique             1 with -u
  *   msgs, msgs_per_s   messages whose 250 arrived in the measured window
  *   total_msgs         all messages, warm-up and drain included
  *   lat_n, p50_ms, p90_ms, p99_ms, max_ms, mean_ms
@@ -91,6 +95,8 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "benchmsg.h"
+
 enum state {
     S_FREE,       /* slot without a session */
     S_CONNECTING,
@@ -135,6 +141,7 @@ struct conn {
     SSL_SESSION *sess; /* -S resume/reuse: the slot's newest ticket, kept across sessions */
     int quit_ok;      /* 221 to QUIT arrived: close with close_notify */
     double t_hs;      /* handshake start */
+    char *msg;        /* -u: this slot's copy of the message */
 };
 
 /* ---- options and global state ---- */
@@ -158,6 +165,7 @@ enum { TLS_OFF, TLS_FULL, TLS_RESUME, TLS_REUSE };
 static const char *const tls_mode_name[] = {"off", "full", "resume", "reuse"};
 static int opt_tls = TLS_OFF;
 static int opt_tls_version = 0; /* 0: the highest both sides speak */
+static int opt_unique = 0;      /* -u: a different body for every message */
 static SSL_CTX *tls_ctx;
 
 static int ep = -1;
@@ -165,6 +173,8 @@ static struct conn *conns;
 static int nconns;
 static char *message;  /* the DATA payload, dot-terminated */
 static size_t message_len;
+static size_t body_off; /* where the body starts in message */
+static unsigned long msg_seq; /* -u: messages started */
 static char cmd_ehlo[300], cmd_mail[300], cmd_rcpt[300];
 
 static double t_start, t_warm, t_end;
@@ -220,7 +230,9 @@ static void usage(void)
           "            resume (each slot offers the ticket its previous session got;\n"
           "            TLS 1.3 tickets once) or reuse (as resume, offering a ticket\n"
           "            again until a newer one arrives)\n"
-          "  -V VER    with -S: TLS version 1.2 or 1.3 (default: highest possible)\n",
+          "  -V VER    with -S: TLS version 1.2 or 1.3 (default: highest possible)\n"
+          "  -u        a different body for every message (pid and counter in its\n"
+          "            first line)\n",
           stderr);
     exit(2);
 }
@@ -229,40 +241,34 @@ static void usage(void)
 
 static void build_message(size_t size)
 {
-    char hdr[512];
-    int hl = snprintf(hdr, sizeof(hdr),
-                      "From: <%s>\r\n"
-                      "To: <%s>\r\n"
-                      "Subject: mxgate benchmark message\r\n"
-                      "Message-ID: <bench.%ld@mxload.example>\r\n"
-                      "MIME-Version: 1.0\r\n"
-                      "Content-Type: text/plain; charset=us-ascii\r\n"
-                      "\r\n",
-                      opt_from, opt_rcpt, (long)getpid());
-    if (hl < 0 || (size_t)hl >= sizeof(hdr))
-        die("header too long");
-    if (size < (size_t)hl + 2)
-        size = (size_t)hl + 2;
-    message = malloc(size + 8);
+    size_t pos = 0;
+    message = bench_message(size, opt_from, opt_rcpt, 8, &pos, &body_off);
     if (!message)
-        die("out of memory");
-    memcpy(message, hdr, (size_t)hl);
-    size_t pos = (size_t)hl;
-    static const char alphabet[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    unsigned seed = 1;
-    /* 76-character lines plus CRLF; the last line is shortened to fit. */
-    while (pos < size) {
-        size_t left = size - pos;
-        size_t line = left >= 78 ? 76 : left - 2;
-        for (size_t i = 0; i < line; i++) {
-            seed = seed * 1103515245u + 12345u;
-            message[pos++] = alphabet[(seed >> 16) % (sizeof(alphabet) - 1)];
-        }
-        message[pos++] = '\r';
-        message[pos++] = '\n';
-    }
+        die("cannot build the message");
     memcpy(message + pos, ".\r\n", 3);
     message_len = pos + 3;
+}
+
+/* -u: give the slot's copy of the message a body no other message has.
+ * The stamp is 16 hex digits, over the start of the first body line (76
+ * characters unless the message is tiny), so the size stays the same and
+ * no line starts with a dot. */
+static void stamp_message(struct conn *c)
+{
+    if (!c->msg) {
+        c->msg = malloc(message_len);
+        if (!c->msg)
+            die("out of memory");
+        memcpy(c->msg, message, message_len);
+    }
+    char stamp[17];
+    snprintf(stamp, sizeof(stamp), "%06lx%010lx", (unsigned long)getpid() & 0xffffffUL,
+             ++msg_seq & 0xffffffffffUL);
+    size_t room = message_len - 3 - body_off; /* body, CRLFs included */
+    size_t n = 16;
+    if (room < n + 2)
+        n = room > 2 ? room - 2 : 0;
+    memcpy(c->msg + body_off, stamp, n);
 }
 
 /* ---- connections ---- */
@@ -597,7 +603,12 @@ static void on_reply(struct conn *c, int code, const char *line)
             end_session(c);
             return;
         }
-        send_data(c, S_DOT, message, message_len);
+        if (opt_unique) {
+            stamp_message(c);
+            send_data(c, S_DOT, c->msg, message_len);
+        } else {
+            send_data(c, S_DOT, message, message_len);
+        }
         return;
     case S_DOT: {
         double t = now();
@@ -906,11 +917,11 @@ static void print_load_result(double elapsed)
         if (lat[i] >= 0.040)
             over40++;
     }
-    printf("mode=load target=%s conc=%d size=%zu per_session=%d duration=%.3f"
+    printf("mode=load target=%s conc=%d size=%zu per_session=%d unique=%d duration=%.3f"
            " msgs=%ld msgs_per_s=%.1f total_msgs=%ld sessions=%ld sessions_ok=%ld"
            " lat_n=%zu p50_ms=%.3f p90_ms=%.3f p99_ms=%.3f max_ms=%.3f mean_ms=%.3f"
            " over_40ms=%ld cpu_s=%.3f",
-           target_text, opt_conc, message_len - 3, opt_per_session, elapsed,
+           target_text, opt_conc, message_len - 3, opt_per_session, opt_unique, elapsed,
            completed_in_window, elapsed > 0 ? (double)completed_in_window / elapsed : 0.0,
            completed_total, sessions_started, sessions_ok, nlat, pct(50) * 1e3, pct(90) * 1e3, pct(99) * 1e3,
            nlat ? lat[nlat - 1] * 1e3 : 0.0, nlat ? sum / (double)nlat * 1e3 : 0.0, over40,
@@ -1069,7 +1080,7 @@ static long parse_long(const char *s, const char *what)
 int main(int argc, char **argv)
 {
     int ch;
-    while ((ch = getopt(argc, argv, "c:s:m:t:w:n:T:H:L:I:h:S:V:")) != -1) {
+    while ((ch = getopt(argc, argv, "c:s:m:t:w:n:T:H:L:I:h:S:V:u")) != -1) {
         switch (ch) {
         case 'c': opt_conc = (int)parse_long(optarg, "concurrency"); break;
         case 's': opt_size = (size_t)parse_long(optarg, "size"); break;
@@ -1082,6 +1093,7 @@ int main(int argc, char **argv)
         case 'L': opt_latfile = optarg; break;
         case 'I': opt_idle = (int)parse_long(optarg, "idle sessions"); break;
         case 'h': opt_hold = parse_double(optarg, "hold"); break;
+        case 'u': opt_unique = 1; break;
         case 'S':
             if (strcmp(optarg, "full") == 0)
                 opt_tls = TLS_FULL;

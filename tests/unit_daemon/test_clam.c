@@ -97,6 +97,8 @@ static void fx_setup(fixture *f, gconstpointer data)
         .max_files = 1000,
         .max_scan_time = 10000,
         .alert_exceeds_max = 1,
+        .scan_html = 1,
+        .phishing_urls = 1,
         .canary_interval = 3600,
         .watch_interval = 0,
         .log = quiet_log,
