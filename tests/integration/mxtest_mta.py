@@ -240,10 +240,12 @@ class PostfixInstance:
         pid = self.master_pid()
         if not pid:
             return False
+        # The daemonised master's parent is init, which may take a second
+        # to reap it: a zombie has exited.
         try:
-            os.kill(pid, 0)
-            return True
-        except ProcessLookupError:
+            with open("/proc/%d/stat" % pid) as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
             return False
 
     def master_pid(self):
