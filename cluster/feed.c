@@ -721,6 +721,43 @@ int mx_feed_reader_next(mx_feed_reader *r, mx_feed_update *out, uint64_t *number
 
 /* ---- applying ---- */
 
+/* What u does to record r (found or not); the store TTL to write it with. */
+static int apply_to(mx_rep *r, const mx_feed_update *u, int64_t now, const char *source)
+{
+    if (!r->found)
+        memset(r, 0, sizeof(*r));
+    mx_feed_flag flag = u->flag;
+    switch (u->op) {
+    case MX_FEED_SET:
+        r->score = u->score;
+        break;
+    case MX_FEED_ADD: {
+        int64_t v = (int64_t)r->score + u->score;
+        r->score = (int32_t)(v > MX_FEED_SCORE_MAX    ? MX_FEED_SCORE_MAX
+                             : v < -MX_FEED_SCORE_MAX ? -MX_FEED_SCORE_MAX
+                                                      : v);
+        break;
+    }
+    case MX_FEED_BLOCK: flag = MX_FEED_FLAG_BLOCK; break;
+    case MX_FEED_ALLOW: flag = MX_FEED_FLAG_ALLOW; break;
+    case MX_FEED_DEL: break;
+    }
+    if (flag == MX_FEED_FLAG_BLOCK) {
+        r->block = 1;
+        r->allow = 0;
+    } else if (flag == MX_FEED_FLAG_ALLOW) {
+        r->allow = 1;
+        r->block = 0;
+    }
+    if (u->reason && *u->reason)
+        g_strlcpy(r->reason, u->reason, sizeof(r->reason));
+    g_strlcpy(r->source, source ? source : "", sizeof(r->source));
+    r->updated = now > 0 ? (uint64_t)now : 0;
+    r->expires = u->ttl ? (uint64_t)now + u->ttl : 0;
+    r->found = 1;
+    return u->ttl && u->ttl <= STORE_TTL_MAX ? (int)u->ttl : 0;
+}
+
 mx_store_rc mx_feed_apply(mx_store *s, const mx_feed_update *u, int64_t now, const char *source)
 {
     if (u->op == MX_FEED_DEL)
@@ -729,38 +766,112 @@ mx_store_rc mx_feed_apply(mx_store *s, const mx_feed_update *u, int64_t now, con
     mx_store_rc rc = mx_rep_read_record(s, u->kind, u->value, now, &r);
     if (rc == MX_STORE_ERROR)
         return rc;
-    if (!r.found)
-        memset(&r, 0, sizeof(r));
-    mx_feed_flag flag = u->flag;
-    switch (u->op) {
-    case MX_FEED_SET:
-        r.score = u->score;
-        break;
-    case MX_FEED_ADD: {
-        int64_t v = (int64_t)r.score + u->score;
-        r.score = (int32_t)(v > MX_FEED_SCORE_MAX    ? MX_FEED_SCORE_MAX
-                            : v < -MX_FEED_SCORE_MAX ? -MX_FEED_SCORE_MAX
-                                                     : v);
-        break;
-    }
-    case MX_FEED_BLOCK: flag = MX_FEED_FLAG_BLOCK; break;
-    case MX_FEED_ALLOW: flag = MX_FEED_FLAG_ALLOW; break;
-    case MX_FEED_DEL: break;
-    }
-    if (flag == MX_FEED_FLAG_BLOCK) {
-        r.block = 1;
-        r.allow = 0;
-    } else if (flag == MX_FEED_FLAG_ALLOW) {
-        r.allow = 1;
-        r.block = 0;
-    }
-    if (u->reason && *u->reason)
-        g_strlcpy(r.reason, u->reason, sizeof(r.reason));
-    g_strlcpy(r.source, source ? source : "", sizeof(r.source));
-    r.updated = now > 0 ? (uint64_t)now : 0;
-    r.expires = u->ttl ? (uint64_t)now + u->ttl : 0;
-    int ttl = u->ttl && u->ttl <= STORE_TTL_MAX ? (int)u->ttl : 0;
+    int ttl = apply_to(&r, u, now, source);
     return mx_rep_write(s, u->kind, u->value, &r, ttl);
+}
+
+typedef struct slot {
+    char *key;
+    mx_rep rep;
+    mx_store_rc read_rc;
+    int ttl;
+    int dirty, deleted;
+    mx_store_rc write_rc;
+} slot;
+
+void mx_feed_apply_many(mx_store *s, const mx_feed_update *const *u, size_t n, int64_t now,
+                        const char *source, mx_store_rc *rcs)
+{
+    GHashTable *by_key = g_hash_table_new(g_str_hash, g_str_equal);
+    slot *slots = g_new0(slot, n ? n : 1);
+    size_t *of = g_new(size_t, n ? n : 1); /* update -> slot */
+    size_t ns = 0;
+    for (size_t i = 0; i < n; i++) {
+        char *k = mx_rep_key(u[i]->kind, u[i]->value);
+        gpointer have = g_hash_table_lookup(by_key, k);
+        if (have) {
+            of[i] = GPOINTER_TO_SIZE(have) - 1;
+            g_free(k);
+        } else {
+            slots[ns].key = k;
+            g_hash_table_insert(by_key, k, GSIZE_TO_POINTER(ns + 1));
+            of[i] = ns++;
+        }
+    }
+    /* one multi-get of every record touched */
+    const char **keys = g_new(const char *, ns ? ns : 1);
+    GBytes **vals = g_new0(GBytes *, ns ? ns : 1);
+    mx_store_rc *got = g_new(mx_store_rc, ns ? ns : 1);
+    for (size_t j = 0; j < ns; j++)
+        keys[j] = slots[j].key;
+    mx_store_get_many(s, keys, ns, vals, got);
+    for (size_t j = 0; j < ns; j++) {
+        slots[j].read_rc = got[j];
+        if (got[j] == MX_STORE_OK) {
+            gsize len = 0;
+            const void *d = g_bytes_get_data(vals[j], &len);
+            mx_rep_decode(d, len, now, &slots[j].rep);
+        }
+        if (vals[j])
+            g_bytes_unref(vals[j]);
+    }
+    /* the updates in feed order, in memory */
+    for (size_t i = 0; i < n; i++) {
+        slot *sl = &slots[of[i]];
+        if (sl->read_rc == MX_STORE_ERROR)
+            continue;
+        if (u[i]->op == MX_FEED_DEL) {
+            memset(&sl->rep, 0, sizeof(sl->rep));
+            sl->deleted = 1;
+            sl->dirty = 0;
+            continue;
+        }
+        sl->ttl = apply_to(&sl->rep, u[i], now, source);
+        sl->dirty = 1;
+        sl->deleted = 0;
+    }
+    /* one buffered write of each changed record; deletes one by one */
+    GBytes **out = g_new0(GBytes *, ns ? ns : 1);
+    const char **wkeys = g_new(const char *, ns ? ns : 1);
+    int *ttls = g_new(int, ns ? ns : 1);
+    size_t *wslot = g_new(size_t, ns ? ns : 1);
+    size_t nw = 0;
+    for (size_t j = 0; j < ns; j++) {
+        slot *sl = &slots[j];
+        sl->write_rc = sl->read_rc == MX_STORE_ERROR ? MX_STORE_ERROR : MX_STORE_OK;
+        if (sl->read_rc == MX_STORE_ERROR)
+            continue;
+        if (sl->dirty) {
+            out[nw] = mx_rep_encode(&sl->rep);
+            wkeys[nw] = sl->key;
+            ttls[nw] = sl->ttl;
+            wslot[nw++] = j;
+        } else if (sl->deleted) {
+            mx_store_rc rc = mx_store_del(s, sl->key);
+            sl->write_rc = rc == MX_STORE_NOT_FOUND ? MX_STORE_OK : rc;
+        }
+    }
+    mx_store_rc *wrc = g_new(mx_store_rc, nw ? nw : 1);
+    mx_store_set_many(s, wkeys, out, nw, ttls, wrc);
+    for (size_t w = 0; w < nw; w++) {
+        slots[wslot[w]].write_rc = wrc[w];
+        g_bytes_unref(out[w]);
+    }
+    for (size_t i = 0; i < n; i++)
+        rcs[i] = slots[of[i]].write_rc;
+    for (size_t j = 0; j < ns; j++)
+        g_free(slots[j].key);
+    g_hash_table_destroy(by_key);
+    g_free(slots);
+    g_free(of);
+    g_free(keys);
+    g_free(vals);
+    g_free(got);
+    g_free(out);
+    g_free(wkeys);
+    g_free(ttls);
+    g_free(wslot);
+    g_free(wrc);
 }
 
 /* ---- what operators read ---- */

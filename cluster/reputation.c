@@ -144,6 +144,52 @@ static mx_store_rc read_points(mx_store *s, const char *what, mx_rep_kind kind,
     return rc;
 }
 
+int mx_rep_decode(const void *data, size_t n, int64_t now, mx_rep *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->read_at = now;
+    Mxgate__Reputation *r = mxgate__reputation__unpack(NULL, n, data);
+    /* undecodable or of a version we do not know: absent, not trusted */
+    if (r && r->version == REC_VERSION &&
+        !(r->has_expires_unix && r->expires_unix && r->expires_unix <= (uint64_t)now)) {
+        out->found = 1;
+        out->score = r->has_score ? r->score : 0;
+        out->block = r->has_block && r->block;
+        out->allow = r->has_allow && r->allow;
+        out->updated = r->has_updated_unix ? r->updated_unix : 0;
+        out->expires = r->has_expires_unix ? r->expires_unix : 0;
+        g_strlcpy(out->reason, r->reason ? r->reason : "", sizeof(out->reason));
+        g_strlcpy(out->source, r->source ? r->source : "", sizeof(out->source));
+    }
+    if (r)
+        mxgate__reputation__free_unpacked(r, NULL);
+    return out->found;
+}
+
+GBytes *mx_rep_encode(const mx_rep *in)
+{
+    Mxgate__Reputation r = MXGATE__REPUTATION__INIT;
+    r.version = REC_VERSION;
+    r.has_score = 1;
+    r.score = in->score;
+    r.has_updated_unix = 1;
+    r.updated_unix = in->updated;
+    r.has_expires_unix = in->expires != 0;
+    r.expires_unix = in->expires;
+    r.reason = in->reason[0] ? (char *)in->reason : NULL;
+    r.source = in->source[0] ? (char *)in->source : NULL;
+    r.has_block = in->block;
+    r.block = in->block;
+    r.has_allow = in->allow;
+    r.allow = in->allow;
+    size_t n = mxgate__reputation__get_packed_size(&r);
+    uint8_t *buf = g_malloc(n ? n : 1);
+    mxgate__reputation__pack(&r, buf);
+    return g_bytes_new_take(buf, n);
+}
+
+char *mx_rep_key(mx_rep_kind kind, const char *value) { return rec_key(kind, value); }
+
 mx_store_rc mx_rep_read_record(mx_store *s, mx_rep_kind kind, const char *value, int64_t now,
                                mx_rep *out)
 {
@@ -158,21 +204,7 @@ mx_store_rc mx_rep_read_record(mx_store *s, mx_rep_kind kind, const char *value,
     if (rc == MX_STORE_OK) {
         gsize n = 0;
         const uint8_t *d = g_bytes_get_data(b, &n);
-        Mxgate__Reputation *r = mxgate__reputation__unpack(NULL, n, d);
-        /* undecodable or of a version we do not know: absent, not trusted */
-        if (r && r->version == REC_VERSION &&
-            !(r->has_expires_unix && r->expires_unix && r->expires_unix <= (uint64_t)now)) {
-            out->found = 1;
-            out->score = r->has_score ? r->score : 0;
-            out->block = r->has_block && r->block;
-            out->allow = r->has_allow && r->allow;
-            out->updated = r->has_updated_unix ? r->updated_unix : 0;
-            out->expires = r->has_expires_unix ? r->expires_unix : 0;
-            g_strlcpy(out->reason, r->reason ? r->reason : "", sizeof(out->reason));
-            g_strlcpy(out->source, r->source ? r->source : "", sizeof(out->source));
-        }
-        if (r)
-            mxgate__reputation__free_unpacked(r, NULL);
+        mx_rep_decode(d, n, now, out);
         g_bytes_unref(b);
     }
     return MX_STORE_OK;
@@ -196,27 +228,13 @@ mx_store_rc mx_rep_read(mx_store *s, mx_rep_kind kind, const char *value, int64_
 mx_store_rc mx_rep_write(mx_store *s, mx_rep_kind kind, const char *value, const mx_rep *in,
                          int ttl)
 {
-    Mxgate__Reputation r = MXGATE__REPUTATION__INIT;
-    r.version = REC_VERSION;
-    r.has_score = 1;
-    r.score = in->score;
-    r.has_updated_unix = 1;
-    r.updated_unix = in->updated;
-    r.has_expires_unix = in->expires != 0;
-    r.expires_unix = in->expires;
-    r.reason = in->reason[0] ? (char *)in->reason : NULL;
-    r.source = in->source[0] ? (char *)in->source : NULL;
-    r.has_block = in->block;
-    r.block = in->block;
-    r.has_allow = in->allow;
-    r.allow = in->allow;
-    size_t n = mxgate__reputation__get_packed_size(&r);
-    uint8_t *buf = g_malloc(n ? n : 1);
-    mxgate__reputation__pack(&r, buf);
+    GBytes *b = mx_rep_encode(in);
+    gsize n = 0;
+    const void *d = g_bytes_get_data(b, &n);
     char *k = rec_key(kind, value);
-    mx_store_rc rc = mx_store_set(s, k, buf, n, ttl);
+    mx_store_rc rc = mx_store_set(s, k, d, n, ttl);
     g_free(k);
-    g_free(buf);
+    g_bytes_unref(b);
     return rc;
 }
 

@@ -58,6 +58,11 @@ int mx_rep_networks(const char *ip, char *out[2]);
  * points (four more store calls). */
 mx_store_rc mx_rep_read_record(mx_store *s, mx_rep_kind kind, const char *value, int64_t now,
                                mx_rep *out);
+/* The record's store key, and its stored form (for bulk loads). decode
+ * returns 1 when the bytes hold a current record of a known version. */
+char *mx_rep_key(mx_rep_kind kind, const char *value);
+GBytes *mx_rep_encode(const mx_rep *r);
+int mx_rep_decode(const void *data, size_t n, int64_t now, mx_rep *out);
 mx_store_rc mx_rep_read(mx_store *s, mx_rep_kind kind, const char *value, int64_t now, int decay,
                         mx_rep *out);
 mx_store_rc mx_rep_write(mx_store *s, mx_rep_kind kind, const char *value, const mx_rep *r,

@@ -48,6 +48,13 @@ typedef struct mx_store_ops {
     int (*server_state)(mx_store *s, int i, char *name, size_t n);
     /* Subtract delta from a counter, flooring at 0; NOT_FOUND if absent. */
     mx_store_rc (*decr)(mx_store *s, const char *key, uint64_t delta);
+    /* Bulk loads (mxgatectl feed): n records in as few round trips as the
+     * backend allows. rcs[i] is each key's result; vals[i] is set for OK.
+     * NULL: the callers loop over get/set. */
+    void (*get_many)(mx_store *s, const char *const *keys, size_t n, GBytes **vals,
+                     mx_store_rc *rcs);
+    void (*set_many)(mx_store *s, const char *const *keys, GBytes *const *vals, size_t n,
+                     const int *ttls, mx_store_rc *rcs);
 } mx_store_ops;
 
 struct mx_store {
@@ -87,6 +94,29 @@ static inline mx_store_rc mx_store_incr(mx_store *s, const char *k, uint64_t d, 
 static inline mx_store_rc mx_store_decr(mx_store *s, const char *k, uint64_t d)
 {
     return s->ops->decr ? s->ops->decr(s, k, d) : MX_STORE_ERROR;
+}
+static inline void mx_store_get_many(mx_store *s, const char *const *k, size_t n, GBytes **v,
+                                     mx_store_rc *rcs)
+{
+    if (s->ops->get_many) {
+        s->ops->get_many(s, k, n, v, rcs);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        rcs[i] = s->ops->get(s, k[i], &v[i]);
+}
+static inline void mx_store_set_many(mx_store *s, const char *const *k, GBytes *const *v,
+                                     size_t n, const int *ttls, mx_store_rc *rcs)
+{
+    if (s->ops->set_many) {
+        s->ops->set_many(s, k, v, n, ttls, rcs);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        gsize len = 0;
+        const void *d = g_bytes_get_data(v[i], &len);
+        rcs[i] = s->ops->set(s, k[i], d, len, ttls[i]);
+    }
 }
 static inline mx_store_rc mx_store_del(mx_store *s, const char *k) { return s->ops->del(s, k); }
 static inline void mx_store_free(mx_store *s) { s->ops->destroy(s); }

@@ -266,6 +266,8 @@ static memcached_return_t mc_step(memcached_st *m, const char *k, size_t kl, uin
     return rc;
 }
 
+static GBytes *rec_open(mc_store *s, const char *k, const char *v, size_t len);
+
 static mx_store_rc mc_get(mx_store *base, const char *key, GBytes **val)
 {
     mc_store *s = (mc_store *)base;
@@ -286,21 +288,9 @@ static mx_store_rc mc_get(mx_store *base, const char *key, GBytes **val)
         free(v);
         return MX_STORE_NOT_FOUND;
     }
-    unsigned char mac[MAC_LEN];
-    if (len < 1 + MAC_LEN || (unsigned char)v[0] != REC_VERSION) {
-        atomic_fetch_add(&s->stats.bad_records, 1);
-        free(v);
-        return MX_STORE_NOT_FOUND;
-    }
-    rec_mac(s, c.key, v + 1 + MAC_LEN, len - 1 - MAC_LEN, mac);
-    if (CRYPTO_memcmp(mac, v + 1, MAC_LEN) != 0) {
-        atomic_fetch_add(&s->stats.bad_records, 1);
-        free(v);
-        return MX_STORE_NOT_FOUND;
-    }
-    *val = g_bytes_new(v + 1 + MAC_LEN, len - 1 - MAC_LEN);
+    *val = rec_open(s, c.key, v, len);
     free(v);
-    return MX_STORE_OK;
+    return *val ? MX_STORE_OK : MX_STORE_NOT_FOUND;
 }
 
 static mx_store_rc mc_set(mx_store *base, const char *key, const void *val, size_t len, int ttl)
@@ -374,6 +364,116 @@ static mx_store_rc mc_del(mx_store *base, const char *key)
     return call_end(s, &c, rc);
 }
 
+/* Check a stored record against its key; the payload, or NULL. */
+static GBytes *rec_open(mc_store *s, const char *k, const char *v, size_t len)
+{
+    unsigned char mac[MAC_LEN];
+    if (len < 1 + MAC_LEN || (unsigned char)v[0] != REC_VERSION) {
+        atomic_fetch_add(&s->stats.bad_records, 1);
+        return NULL;
+    }
+    rec_mac(s, k, v + 1 + MAC_LEN, len - 1 - MAC_LEN, mac);
+    if (CRYPTO_memcmp(mac, v + 1, MAC_LEN) != 0) {
+        atomic_fetch_add(&s->stats.bad_records, 1);
+        return NULL;
+    }
+    return g_bytes_new(v + 1 + MAC_LEN, len - 1 - MAC_LEN);
+}
+
+/* One multi-get for all keys (libmemcached sends one request per server). */
+static void mc_get_many(mx_store *base, const char *const *keys, size_t n, GBytes **vals,
+                        mx_store_rc *rcs)
+{
+    mc_store *s = (mc_store *)base;
+    memcached_st *m = borrow(s);
+    typedef char mkey[4 + 32 + 1];
+    mkey *pk = g_new(mkey, n ? n : 1);
+    const char **kp = g_new(const char *, n ? n : 1);
+    size_t *kl = g_new(size_t, n ? n : 1);
+    GHashTable *index = g_hash_table_new(g_str_hash, g_str_equal);
+    for (size_t i = 0; i < n; i++) {
+        mc_key(s, keys[i], pk[i]);
+        kp[i] = pk[i];
+        kl[i] = strlen(pk[i]);
+        vals[i] = NULL;
+        rcs[i] = MX_STORE_NOT_FOUND;
+        g_hash_table_insert(index, pk[i], GSIZE_TO_POINTER(i + 1));
+    }
+    memcached_return_t rc = m ? memcached_mget(m, kp, kl, n) : MEMCACHED_FAILURE;
+    if (rc != MEMCACHED_SUCCESS) {
+        for (size_t i = 0; i < n; i++)
+            rcs[i] = MX_STORE_ERROR;
+        atomic_fetch_add(&s->stats.errors, 1);
+    } else {
+        memcached_result_st *res;
+        while ((res = memcached_fetch_result(m, NULL, &rc)) != NULL) {
+            char k[4 + 32 + 1];
+            size_t klen = memcached_result_key_length(res);
+            if (klen < sizeof(k)) {
+                memcpy(k, memcached_result_key_value(res), klen);
+                k[klen] = 0;
+                size_t i = GPOINTER_TO_SIZE(g_hash_table_lookup(index, k));
+                if (i > 0 && !vals[i - 1]) {
+                    vals[i - 1] = rec_open(s, k, memcached_result_value(res),
+                                           memcached_result_length(res));
+                    rcs[i - 1] = vals[i - 1] ? MX_STORE_OK : MX_STORE_NOT_FOUND;
+                }
+            }
+            memcached_result_free(res);
+        }
+        if (rc != MEMCACHED_END && rc != MEMCACHED_SUCCESS && rc != MEMCACHED_NOTFOUND) {
+            /* some server did not answer: what it held is unknown */
+            for (size_t i = 0; i < n; i++)
+                if (!vals[i])
+                    rcs[i] = MX_STORE_ERROR;
+            atomic_fetch_add(&s->stats.errors, 1);
+        }
+    }
+    g_hash_table_destroy(index);
+    g_free(pk);
+    g_free(kp);
+    g_free(kl);
+    if (m)
+        give_back(s, m);
+}
+
+/* Sets without waiting for each reply: buffered on a handle of its own,
+ * flushed once; the replies are read after, so failures still show. */
+static void mc_set_many(mx_store *base, const char *const *keys, GBytes *const *vals, size_t n,
+                        const int *ttls, mx_store_rc *rcs)
+{
+    mc_store *s = (mc_store *)base;
+    memcached_st *m = memcached_clone(NULL, s->master);
+    if (!m) {
+        for (size_t i = 0; i < n; i++)
+            rcs[i] = MX_STORE_ERROR;
+        return;
+    }
+    memcached_behavior_set(m, MEMCACHED_BEHAVIOR_BUFFER_REQUESTS, 1);
+    GByteArray *buf = g_byte_array_new();
+    for (size_t i = 0; i < n; i++) {
+        char k[4 + 32 + 1];
+        mc_key(s, keys[i], k);
+        gsize len = 0;
+        const void *d = g_bytes_get_data(vals[i], &len);
+        g_byte_array_set_size(buf, 1 + MAC_LEN + len);
+        buf->data[0] = REC_VERSION;
+        rec_mac(s, k, d, len, buf->data + 1);
+        memcpy(buf->data + 1 + MAC_LEN, d, len);
+        memcached_return_t rc = memcached_set(m, k, strlen(k), (const char *)buf->data, buf->len,
+                                              mc_ttl(ttls[i]), 0);
+        rcs[i] = rc == MEMCACHED_SUCCESS || rc == MEMCACHED_BUFFERED || rc == MEMCACHED_STORED
+                     ? MX_STORE_OK : MX_STORE_ERROR;
+    }
+    if (memcached_flush_buffers(m) != MEMCACHED_SUCCESS) {
+        for (size_t i = 0; i < n; i++)
+            rcs[i] = MX_STORE_ERROR;
+        atomic_fetch_add(&s->stats.errors, 1);
+    }
+    g_byte_array_unref(buf);
+    memcached_free(m); /* reads what replies are left */
+}
+
 static void mc_destroy(mx_store *base)
 {
     mc_store *s = (mc_store *)base;
@@ -413,6 +513,8 @@ static const mx_store_ops mc_ops = {
     .stats = mc_stats,
     .server_state = mc_server_state,
     .decr = mc_decr,
+    .get_many = mc_get_many,
+    .set_many = mc_set_many,
 };
 
 mx_store *mx_store_memcached_new(const mx_memcached_conf *conf, char **err)

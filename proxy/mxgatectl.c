@@ -472,14 +472,25 @@ typedef struct part {
     int64_t now;
 } part;
 
+/* Updates per multi-get and buffered write. */
+#define APPLY_CHUNK 512
+
 static gpointer apply_part(gpointer data)
 {
     part *p = data;
     item *items = (item *)(void *)p->f->batch->data;
-    for (guint i = 0; i < p->idx->len; i++) {
-        item *it = &items[g_array_index(p->idx, guint, i)];
-        if (mx_feed_apply(p->f->c->store, &it->u, p->now, p->f->source) != MX_STORE_OK)
-            it->err = g_strdup("store error (memcached unreachable or failing)");
+    const mx_feed_update *u[APPLY_CHUNK];
+    mx_store_rc rcs[APPLY_CHUNK];
+    for (guint from = 0; from < p->idx->len; from += APPLY_CHUNK) {
+        guint n = p->idx->len - from < APPLY_CHUNK ? p->idx->len - from : APPLY_CHUNK;
+        for (guint i = 0; i < n; i++)
+            u[i] = &items[g_array_index(p->idx, guint, from + i)].u;
+        mx_feed_apply_many(p->f->c->store, u, n, p->now, p->f->source, rcs);
+        for (guint i = 0; i < n; i++) {
+            item *it = &items[g_array_index(p->idx, guint, from + i)];
+            if (rcs[i] != MX_STORE_OK)
+                it->err = g_strdup("store error (memcached unreachable or failing)");
+        }
     }
     return NULL;
 }

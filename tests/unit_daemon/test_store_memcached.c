@@ -449,6 +449,61 @@ static void test_rate_limit_exact_across_three_nodes(void)
     server_stop(&sv[1]);
 }
 
+/* Bulk: one buffered write of many records, one multi-get back; a forged
+ * one among them reads as absent. */
+static void test_bulk_set_and_get(void)
+{
+    server sv[2] = {{0}, {0}};
+    server_start(&sv[0]);
+    server_start(&sv[1]);
+    mx_store *s = store_for(sv, 2, 3);
+    enum { N = 1000 };
+    char *keys[N];
+    GBytes *vals[N];
+    int ttls[N];
+    mx_store_rc rcs[N];
+    for (int i = 0; i < N; i++) {
+        keys[i] = g_strdup_printf("rep:sender:user%d@bulk.test", i);
+        char *v = g_strdup_printf("value %d", i);
+        vals[i] = g_bytes_new_take(v, strlen(v));
+        ttls[i] = 60;
+    }
+    mx_store_set_many(s, (const char *const *)keys, vals, N, ttls, rcs);
+    for (int i = 0; i < N; i++)
+        g_assert_cmpint(rcs[i], ==, MX_STORE_OK);
+    /* forge one record straight into memcached */
+    char k[37];
+    phys_key(keys[7], k);
+    for (int i = 0; i < 2; i++) {
+        memcached_st *raw = raw_client(&sv[i]);
+        memcached_replace(raw, k, strlen(k), "forged", 6, 60, 0);
+        memcached_free(raw);
+    }
+    GBytes *got[N + 1];
+    mx_store_rc grc[N + 1];
+    g_free(keys[N - 1]);
+    keys[N - 1] = g_strdup("rep:sender:never-written@bulk.test"); /* and one absent */
+    mx_store_get_many(s, (const char *const *)keys, N, got, grc);
+    for (int i = 0; i < N - 1; i++) {
+        if (i == 7) {
+            g_assert_cmpint(grc[i], ==, MX_STORE_NOT_FOUND);
+            continue;
+        }
+        g_assert_cmpint(grc[i], ==, MX_STORE_OK);
+        g_assert_true(g_bytes_equal(got[i], vals[i]));
+        g_bytes_unref(got[i]);
+    }
+    g_assert_cmpint(grc[N - 1], ==, MX_STORE_NOT_FOUND);
+    g_assert_cmpuint(atomic_load(&s->ops->stats(s)->bad_records), ==, 1);
+    for (int i = 0; i < N; i++) {
+        g_free(keys[i]);
+        g_bytes_unref(vals[i]);
+    }
+    mx_store_free(s);
+    server_stop(&sv[0]);
+    server_stop(&sv[1]);
+}
+
 static void test_bad_config(void)
 {
     char *err = NULL;
@@ -477,6 +532,7 @@ int main(int argc, char **argv)
                     test_hung_server_opens_the_breaker);
     g_test_add_func("/store_memcached/rate_limit_exact_across_three_nodes",
                     test_rate_limit_exact_across_three_nodes);
+    g_test_add_func("/store_memcached/bulk_set_and_get", test_bulk_set_and_get);
     g_test_add_func("/store_memcached/bad_config", test_bad_config);
     return g_test_run();
 }
