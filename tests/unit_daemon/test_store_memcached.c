@@ -72,7 +72,9 @@ static void server_start(server *s)
     char *argv[] = {(char *)bin, "-l", "127.0.0.1", "-p", port, "-U", "0", "-m", "16",
                     "-u", "nobody", NULL};
     GError *e = NULL;
-    if (!g_spawn_async(NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_SEARCH_PATH,
+    if (!g_spawn_async(NULL, argv, NULL,
+                       G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_SEARCH_PATH |
+                           G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_STDERR_TO_DEV_NULL,
                        die_with_parent, NULL, &s->pid, &e))
         g_error("memcached: %s (install Debian package memcached)", e->message);
     for (int i = 0; i < 200 && !port_open(s->port); i++)
