@@ -830,7 +830,7 @@ void mx_feed_apply_many(mx_store *s, const mx_feed_update *const *u, size_t n, i
         sl->dirty = 1;
         sl->deleted = 0;
     }
-    /* one buffered write of each changed record; deletes one by one */
+    /* one write of each changed record (mx_store_set_many); deletes one by one */
     GBytes **out = g_new0(GBytes *, ns ? ns : 1);
     const char **wkeys = g_new(const char *, ns ? ns : 1);
     int *ttls = g_new(int, ns ? ns : 1);

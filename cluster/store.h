@@ -50,7 +50,7 @@ typedef struct mx_store_ops {
     mx_store_rc (*decr)(mx_store *s, const char *key, uint64_t delta);
     /* Bulk loads (mxgatectl feed): n records in as few round trips as the
      * backend allows. rcs[i] is each key's result; vals[i] is set for OK.
-     * NULL: the callers loop over get/set. */
+     * NULL: mx_store_get_many / mx_store_set_many loop over get / set. */
     void (*get_many)(mx_store *s, const char *const *keys, size_t n, GBytes **vals,
                      mx_store_rc *rcs);
     void (*set_many)(mx_store *s, const char *const *keys, GBytes *const *vals, size_t n,

@@ -472,7 +472,7 @@ typedef struct part {
     int64_t now;
 } part;
 
-/* Updates per multi-get and buffered write. */
+/* Updates per multi-get. */
 #define APPLY_CHUNK 512
 
 static gpointer apply_part(gpointer data)
