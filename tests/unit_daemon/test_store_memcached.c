@@ -56,10 +56,33 @@ static int port_open(int port)
     return ok;
 }
 
-/* A test that aborts must not leave its servers behind. */
+/* A test that aborts must not leave its servers behind. memcached drops
+ * to nobody, which clears a parent-death signal, so the test also kills
+ * what it started when a failed assertion aborts it. */
 static void die_with_parent(gpointer unused)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+}
+
+static volatile sig_atomic_t started_pids[16];
+
+static void kill_started(int sig)
+{
+    for (int i = 0; i < 16; i++)
+        if (started_pids[i] > 0)
+            kill((pid_t)started_pids[i], SIGKILL);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void remember_pid(GPid pid, int add)
+{
+    for (int i = 0; i < 16; i++) {
+        if (add ? started_pids[i] == 0 : started_pids[i] == pid) {
+            started_pids[i] = add ? pid : 0;
+            return;
+        }
+    }
 }
 
 static void server_start(server *s)
@@ -77,6 +100,7 @@ static void server_start(server *s)
                            G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_STDERR_TO_DEV_NULL,
                        die_with_parent, NULL, &s->pid, &e))
         g_error("memcached: %s (install Debian package memcached)", e->message);
+    remember_pid(s->pid, 1);
     for (int i = 0; i < 200 && !port_open(s->port); i++)
         g_usleep(10000);
     g_assert_true(port_open(s->port));
@@ -85,6 +109,7 @@ static void server_start(server *s)
 static void server_stop(server *s)
 {
     if (s->pid > 0) {
+        remember_pid(s->pid, 0);
         kill(s->pid, SIGCONT);
         kill(s->pid, SIGKILL);
         waitpid(s->pid, NULL, 0);
@@ -524,6 +549,8 @@ int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGABRT, kill_started);
+    signal(SIGTERM, kill_started); /* ctest's timeout */
     g_test_add_func("/store_memcached/roundtrip_and_expiry", test_roundtrip_and_expiry);
     g_test_add_func("/store_memcached/concurrent_incr_is_exact", test_concurrent_incr_is_exact);
     g_test_add_func("/store_memcached/tampered_records_are_ignored",
