@@ -119,6 +119,25 @@ def wait_port(port, timeout=15, host=HOST, proc=None, probe=None):
 
 # ---------------------------------------------------------------- skipping
 
+def read_text(path):
+    """A log file's text so far ("" when it does not exist yet)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def maildir_new(maildir):
+    """Paths of the messages in maildir/new, oldest first ([] if none)."""
+    new = os.path.join(maildir, "new")
+    try:
+        names = sorted(os.listdir(new), key=lambda n: os.stat(os.path.join(new, n)).st_mtime_ns)
+    except OSError:
+        return []
+    return [os.path.join(new, n) for n in names]
+
+
 def require_root():
     if os.geteuid() != 0:
         raise unittest.SkipTest("needs root (private Postfix/Exim instances)")

@@ -184,11 +184,7 @@ class HaproxyInstance:
                                                        self.status(name)))
 
     def log(self):
-        try:
-            with open(self.logfile, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return read_text(self.logfile)
 
     def __enter__(self):
         return self.start()

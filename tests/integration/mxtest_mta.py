@@ -288,27 +288,17 @@ class PostfixInstance:
     # -- what happened
 
     def log(self):
-        try:
-            with open(self.logfile, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return read_text(self.logfile)
 
     def wait_log(self, pattern, timeout=10):
         rx = re.compile(pattern)
         return wait_until(lambda: rx.search(self.log()), timeout, 0.1, "postfix log /%s/" % pattern)
 
     def deliveries(self):
-        new = os.path.join(self.maildir, "new")
         out = []
-        try:
-            names = sorted(os.listdir(new), key=lambda n: os.stat(os.path.join(new, n)).st_mtime_ns)
-        except OSError:
-            return out
-        for n in names:
-            if not n.endswith(".eml"):
+        for p in maildir_new(self.maildir):
+            if not p.endswith(".eml"):
                 continue
-            p = os.path.join(new, n)
             with open(p, "rb") as f:
                 data = f.read()
             try:
@@ -529,25 +519,15 @@ class EximInstance:
             self._out = None
 
     def log(self, name="mainlog"):
-        try:
-            with open(os.path.join(self.logdir, name), "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return read_text(os.path.join(self.logdir, name))
 
     def wait_log(self, pattern, timeout=10):
         rx = re.compile(pattern)
         return wait_until(lambda: rx.search(self.log()), timeout, 0.1, "exim log /%s/" % pattern)
 
     def deliveries(self):
-        new = os.path.join(self.maildir, "new")
         out = []
-        try:
-            names = sorted(os.listdir(new), key=lambda n: os.stat(os.path.join(new, n)).st_mtime_ns)
-        except OSError:
-            return out
-        for n in names:
-            p = os.path.join(new, n)
+        for p in maildir_new(self.maildir):
             with open(p, "rb") as f:
                 data = f.read()
             first, _, rest = data.partition(b"\n")
