@@ -196,7 +196,7 @@ static const option options[] = {
      "a score this or less (IP, domain or sender) gets 550 at MAIL"},
     {"reputation", "tempfail", OPT_INT, O(rep_tempfail), "-20", -1000000, 1000000, NULL,
      "a score this or less gets 451 at MAIL"},
-    {"reputation", "penalty_malware", OPT_INT, O(rep_penalty_malware), "50", 0, 1000000, NULL,
+    {"reputation", "penalty_malware", OPT_INT, O(rep_penalty_malware), "10", 0, 1000000, NULL,
      "points taken from client IP, sender domain and sender per infected message"},
     {"reputation", "penalty_ratelimit", OPT_INT, O(rep_penalty_ratelimit), "5", 0, 1000000, NULL,
      "points taken from the client IP per rate limit hit"},
