@@ -476,7 +476,7 @@ static void test_rate_limit_exact_across_three_nodes(void)
     server_stop(&sv[1]);
 }
 
-/* Bulk: one buffered write of many records, one multi-get back; a forged
+/* Bulk: one pipelined write of many records, one multi-get back; a forged
  * one among them reads as absent. */
 static void test_bulk_set_and_get(void)
 {
@@ -531,6 +531,67 @@ static void test_bulk_set_and_get(void)
     server_stop(&sv[1]);
 }
 
+/* Bulk writes while one server hangs (SIGSTOP): its records fail within
+ * the timeout and say so, the other server's are written, and every
+ * record reported written reads back once the server answers again. */
+static void test_bulk_set_with_a_hung_server(void)
+{
+    server sv[2] = {{0}, {0}};
+    server_start(&sv[0]);
+    server_start(&sv[1]);
+    mx_store *s = store_for(sv, 2, 3);
+    enum { N = 400 };
+    char *keys[N];
+    GBytes *vals[N];
+    int ttls[N];
+    mx_store_rc rcs[N];
+    for (int i = 0; i < N; i++) {
+        keys[i] = g_strdup_printf("rep:ip:10.9.%d.%d", i / 256, i % 256);
+        char *v = g_strdup_printf("hung %d", i);
+        vals[i] = g_bytes_new_take(v, strlen(v));
+        ttls[i] = 60;
+    }
+    kill(sv[1].pid, SIGSTOP);
+    wait_stopped(sv[1].pid);
+    gint64 t0 = g_get_monotonic_time();
+    mx_store_set_many(s, (const char *const *)keys, vals, N, ttls, rcs);
+    gint64 dt = g_get_monotonic_time() - t0;
+    int ok = 0;
+    for (int i = 0; i < N; i++)
+        ok += rcs[i] == MX_STORE_OK;
+    /* both servers hold a share of 400 keys; the hung one's all fail */
+    g_assert_cmpint(ok, >, 0);
+    g_assert_cmpint(ok, <, N);
+    g_assert_cmpuint(items_on(&sv[0]), ==, (guint64)ok);
+    g_assert_cmpint(dt, <, 1000000); /* one timeout (50 ms) plus the work, not one per key */
+    g_assert_cmpuint(atomic_load(&s->ops->stats(s)->errors), >=, 1);
+    kill(sv[1].pid, SIGCONT);
+    GBytes *got[N];
+    mx_store_rc grc[N];
+    mx_store_get_many(s, (const char *const *)keys, N, got, grc);
+    for (int i = 0; i < N; i++) {
+        if (rcs[i] == MX_STORE_OK) {
+            g_assert_cmpint(grc[i], ==, MX_STORE_OK);
+            g_assert_true(g_bytes_equal(got[i], vals[i]));
+        }
+        if (got[i])
+            g_bytes_unref(got[i]);
+    }
+    /* and a server that refuses connections: its share fails, the rest is written */
+    server_stop(&sv[1]);
+    mx_store_set_many(s, (const char *const *)keys, vals, N, ttls, rcs);
+    int ok2 = 0;
+    for (int i = 0; i < N; i++)
+        ok2 += rcs[i] == MX_STORE_OK;
+    g_assert_cmpint(ok2, >=, ok);
+    for (int i = 0; i < N; i++) {
+        g_free(keys[i]);
+        g_bytes_unref(vals[i]);
+    }
+    mx_store_free(s);
+    server_stop(&sv[0]);
+}
+
 static void test_bad_config(void)
 {
     char *err = NULL;
@@ -562,6 +623,8 @@ int main(int argc, char **argv)
     g_test_add_func("/store_memcached/rate_limit_exact_across_three_nodes",
                     test_rate_limit_exact_across_three_nodes);
     g_test_add_func("/store_memcached/bulk_set_and_get", test_bulk_set_and_get);
+    g_test_add_func("/store_memcached/bulk_set_with_a_hung_server",
+                    test_bulk_set_with_a_hung_server);
     g_test_add_func("/store_memcached/bad_config", test_bad_config);
     return g_test_run();
 }
