@@ -139,8 +139,9 @@ mx_store_rc mx_feed_apply(mx_store *s, const mx_feed_update *u, int64_t now, con
 /*
  * Apply n updates: one multi-get of the records they touch, the updates
  * applied in feed order in memory (so several updates of one record in a
- * batch are one write), then a write of each changed record
- * (mx_store_set_many) and the deletes. rcs[i]: update i's result.
+ * batch are one write), then one batch (mx_store_write_many) of a write
+ * of each changed record and a delete of each deleted one. rcs[i]: update
+ * i's result.
  */
 void mx_feed_apply_many(mx_store *s, const mx_feed_update *const *u, size_t n, int64_t now,
                         const char *source, mx_store_rc *rcs);

@@ -126,32 +126,32 @@ void mx_feed_apply_many(mx_store *s, const mx_feed_update *const *u, size_t n, i
         sl->dirty = 1;
         sl->deleted = 0;
     }
-    /* one write of each changed record (mx_store_set_many); deletes one by one */
-    GBytes **out = g_new0(GBytes *, ns ? ns : 1);
-    const char **wkeys = g_new(const char *, ns ? ns : 1);
-    int *ttls = g_new(int, ns ? ns : 1);
+    /* one batch: a write of each changed record, a delete of each deleted one */
+    mx_store_write *w = g_new0(mx_store_write, ns ? ns : 1);
     size_t *wslot = g_new(size_t, ns ? ns : 1);
     size_t nw = 0;
     for (size_t j = 0; j < ns; j++) {
         slot *sl = &slots[j];
         sl->write_rc = sl->read_rc == MX_STORE_ERROR ? MX_STORE_ERROR : MX_STORE_OK;
-        if (sl->read_rc == MX_STORE_ERROR)
+        if (sl->read_rc == MX_STORE_ERROR || (!sl->dirty && !sl->deleted))
             continue;
+        w[nw].key = sl->key;
         if (sl->dirty) {
-            out[nw] = mx_rep_encode(&sl->rep);
-            wkeys[nw] = sl->key;
-            ttls[nw] = sl->ttl;
-            wslot[nw++] = j;
-        } else if (sl->deleted) {
-            mx_store_rc rc = mx_store_del(s, sl->key);
-            sl->write_rc = rc == MX_STORE_NOT_FOUND ? MX_STORE_OK : rc;
+            w[nw].op = MX_STORE_W_SET;
+            w[nw].val = mx_rep_encode(&sl->rep);
+            w[nw].ttl = sl->ttl;
+        } else {
+            w[nw].op = MX_STORE_W_DEL;
         }
+        wslot[nw++] = j;
     }
     mx_store_rc *wrc = g_new(mx_store_rc, nw ? nw : 1);
-    mx_store_set_many(s, wkeys, out, nw, ttls, wrc);
-    for (size_t w = 0; w < nw; w++) {
-        slots[wslot[w]].write_rc = wrc[w];
-        g_bytes_unref(out[w]);
+    mx_store_write_many(s, w, nw, wrc);
+    for (size_t k = 0; k < nw; k++) {
+        /* deleting what is not there is done */
+        slots[wslot[k]].write_rc = wrc[k] == MX_STORE_NOT_FOUND ? MX_STORE_OK : wrc[k];
+        if (w[k].val)
+            g_bytes_unref(w[k].val);
     }
     for (size_t i = 0; i < n; i++)
         rcs[i] = slots[of[i]].write_rc;
@@ -163,9 +163,7 @@ void mx_feed_apply_many(mx_store *s, const mx_feed_update *const *u, size_t n, i
     g_free(keys);
     g_free(vals);
     g_free(got);
-    g_free(out);
-    g_free(wkeys);
-    g_free(ttls);
+    g_free(w);
     g_free(wslot);
     g_free(wrc);
 }

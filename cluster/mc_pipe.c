@@ -63,10 +63,27 @@ static int connect_to(const char *host, int port, int timeout_ms, char **err)
     return fd;
 }
 
-int mx_mc_pipeline(const char *host, int port, int timeout_ms, const void *req, size_t len,
-                   size_t n, unsigned char *ok, char **err)
+static unsigned char classify(const char *line)
 {
-    memset(ok, 0, n);
+    static const struct {
+        const char *text;
+        unsigned char code;
+    } known[] = {{"STORED", MX_MC_STORED},
+                 {"NOT_STORED", MX_MC_NOT_STORED},
+                 {"DELETED", MX_MC_DELETED},
+                 {"NOT_FOUND", MX_MC_NOT_FOUND}};
+    for (size_t i = 0; i < G_N_ELEMENTS(known); i++)
+        if (strcmp(line, known[i].text) == 0)
+            return known[i].code;
+    if (*line && strspn(line, "0123456789") == strlen(line))
+        return MX_MC_NUMBER;
+    return MX_MC_OTHER;
+}
+
+int mx_mc_pipeline(const char *host, int port, int timeout_ms, const void *req, size_t len,
+                   size_t n, unsigned char *reply, char **err)
+{
+    memset(reply, MX_MC_NONE, n);
     if (n == 0)
         return 0;
     int fd = connect_to(host, port, timeout_ms, err);
@@ -115,10 +132,10 @@ int mx_mc_pipeline(const char *host, int port, int timeout_ms, const void *req, 
                         line[ll++] = c;
                     continue;
                 }
-                if (ll && line[ll - 1] == '\r')
+                while (ll && (line[ll - 1] == '\r' || line[ll - 1] == ' '))
                     ll--;
                 line[ll] = 0;
-                ok[got++] = strcmp(line, "STORED") == 0;
+                reply[got++] = classify(line);
                 ll = 0;
             }
         }

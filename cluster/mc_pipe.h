@@ -5,8 +5,9 @@
  * Owns: one short-lived TCP connection to one memcached server, the
  * requests written while the replies are read (so neither side's socket
  * buffer can fill and stall the other), and the reply lines matched to the
- * requests in order. For bulk writes (mxgatectl feed): one command and one
- * reply at a time costs a round trip and two system calls per record;
+ * requests in order. For batches of writes (mxgatectl feed, the reputation
+ * flush): one command and one reply at a time costs a round trip and two
+ * system calls per record;
  * libmemcached 1.1.4's buffered mode, the other way to batch, loses
  * writes and its replies (see store_memcached.c).
  *
@@ -17,15 +18,26 @@
 
 #include <stddef.h>
 
+/* What a reply line said. */
+enum {
+    MX_MC_NONE = 0,   /* no reply was read */
+    MX_MC_STORED,
+    MX_MC_NOT_STORED,
+    MX_MC_DELETED,
+    MX_MC_NOT_FOUND,
+    MX_MC_NUMBER,     /* incr/decr: the new value */
+    MX_MC_OTHER,      /* ERROR, CLIENT_ERROR, SERVER_ERROR ... */
+};
+
 /*
- * Send req (len bytes: n storage commands, "set", "add", "replace"...,
- * each answered by one line) to host:port and read the n reply lines.
- * ok[i] is 1 when command i was answered STORED, 0 for any other answer.
- * Returns 0 when all n replies were read, -1 with *err (g_free it) when
- * the server could not be reached or stopped answering for timeout_ms:
- * ok[] then says which commands were answered, and the rest are unknown.
+ * Send req (len bytes of n commands, each answered by one line: set, add,
+ * delete, incr ...) to host:port and read the n reply lines; reply[i] is
+ * what line i said (MX_MC_*). Returns 0 when all n were read, -1 with
+ * *err (g_free it) when the server could not be reached or stopped
+ * answering for timeout_ms: the replies not read are MX_MC_NONE, and what
+ * became of those commands is unknown.
  */
 int mx_mc_pipeline(const char *host, int port, int timeout_ms, const void *req, size_t len,
-                   size_t n, unsigned char *ok, char **err);
+                   size_t n, unsigned char *reply, char **err);
 
 #endif

@@ -25,6 +25,22 @@ typedef enum {
 
 typedef struct mx_store mx_store;
 
+/* One write of a batch (mx_store_write_many). */
+typedef enum {
+    MX_STORE_W_SET,  /* val under key */
+    MX_STORE_W_ADD,  /* val under key unless the key exists: then NOT_FOUND */
+    MX_STORE_W_INCR, /* key += delta, created at delta with ttl when absent */
+    MX_STORE_W_DEL,  /* remove key: NOT_FOUND when it was not there */
+} mx_store_wop;
+
+typedef struct mx_store_write {
+    mx_store_wop op;
+    const char *key;
+    GBytes *val;     /* SET, ADD */
+    uint64_t delta;  /* INCR */
+    int ttl;
+} mx_store_write;
+
 /* Node-local counts a store keeps about itself (for logs and /metrics). */
 typedef struct mx_store_stats {
     atomic_uint_fast64_t errors;         /* calls that failed at the server */
@@ -48,13 +64,15 @@ typedef struct mx_store_ops {
     int (*server_state)(mx_store *s, int i, char *name, size_t n);
     /* Subtract delta from a counter, flooring at 0; NOT_FOUND if absent. */
     mx_store_rc (*decr)(mx_store *s, const char *key, uint64_t delta);
-    /* Bulk loads (mxgatectl feed): n records in as few round trips as the
-     * backend allows. rcs[i] is each key's result; vals[i] is set for OK.
-     * NULL: mx_store_get_many / mx_store_set_many loop over get / set. */
+    /* Batches (mxgatectl feed, the reputation flush): n operations in as
+     * few round trips as the backend allows, in order. rcs[i] is each
+     * one's result; for get_many vals[i] is set for OK. NULL: the
+     * mx_store_*_many wrappers below do them one by one. */
     void (*get_many)(mx_store *s, const char *const *keys, size_t n, GBytes **vals,
                      mx_store_rc *rcs);
-    void (*set_many)(mx_store *s, const char *const *keys, GBytes *const *vals, size_t n,
-                     const int *ttls, mx_store_rc *rcs);
+    void (*write_many)(mx_store *s, const mx_store_write *w, size_t n, mx_store_rc *rcs);
+    /* Store val under key unless the key exists (NOT_FOUND then). */
+    mx_store_rc (*add)(mx_store *s, const char *key, const void *val, size_t len, int ttl);
 } mx_store_ops;
 
 struct mx_store {
@@ -87,6 +105,10 @@ static inline mx_store_rc mx_store_set(mx_store *s, const char *k, const void *v
 {
     return s->ops->set(s, k, v, n, ttl);
 }
+static inline mx_store_rc mx_store_add(mx_store *s, const char *k, const void *v, size_t n, int ttl)
+{
+    return s->ops->add(s, k, v, n, ttl);
+}
 static inline mx_store_rc mx_store_incr(mx_store *s, const char *k, uint64_t d, int ttl, uint64_t *now)
 {
     return s->ops->incr(s, k, d, ttl, now);
@@ -105,18 +127,29 @@ static inline void mx_store_get_many(mx_store *s, const char *const *k, size_t n
     for (size_t i = 0; i < n; i++)
         rcs[i] = s->ops->get(s, k[i], &v[i]);
 }
-static inline void mx_store_set_many(mx_store *s, const char *const *k, GBytes *const *v,
-                                     size_t n, const int *ttls, mx_store_rc *rcs)
+/* A batch one operation at a time. */
+static inline void mx_store_write_each(mx_store *s, const mx_store_write *w, size_t n,
+                                       mx_store_rc *rcs)
 {
-    if (s->ops->set_many) {
-        s->ops->set_many(s, k, v, n, ttls, rcs);
-        return;
-    }
     for (size_t i = 0; i < n; i++) {
         gsize len = 0;
-        const void *d = g_bytes_get_data(v[i], &len);
-        rcs[i] = s->ops->set(s, k[i], d, len, ttls[i]);
+        const void *d = w[i].val ? g_bytes_get_data(w[i].val, &len) : NULL;
+        switch (w[i].op) {
+        case MX_STORE_W_SET: rcs[i] = s->ops->set(s, w[i].key, d, len, w[i].ttl); break;
+        case MX_STORE_W_ADD: rcs[i] = s->ops->add(s, w[i].key, d, len, w[i].ttl); break;
+        case MX_STORE_W_INCR: rcs[i] = s->ops->incr(s, w[i].key, w[i].delta, w[i].ttl, NULL); break;
+        case MX_STORE_W_DEL: rcs[i] = s->ops->del(s, w[i].key); break;
+        }
     }
+}
+
+static inline void mx_store_write_many(mx_store *s, const mx_store_write *w, size_t n,
+                                       mx_store_rc *rcs)
+{
+    if (s->ops->write_many)
+        s->ops->write_many(s, w, n, rcs);
+    else
+        mx_store_write_each(s, w, n, rcs);
 }
 static inline mx_store_rc mx_store_del(mx_store *s, const char *k) { return s->ops->del(s, k); }
 static inline void mx_store_free(mx_store *s) { s->ops->destroy(s); }

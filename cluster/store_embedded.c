@@ -78,17 +78,33 @@ static mx_store_rc emb_get(mx_store *base, const char *key, GBytes **val)
     return rc;
 }
 
-static mx_store_rc emb_set(mx_store *base, const char *key, const void *val, size_t len, int ttl)
+/* set, or add (only when absent: NOT_FOUND when the key exists) */
+static mx_store_rc emb_store(mx_store *base, const char *key, const void *val, size_t len,
+                             int ttl, int add)
 {
     embedded *s = (embedded *)base;
+    g_mutex_lock(&s->lock);
+    if (add && lookup(s, key)) {
+        g_mutex_unlock(&s->lock);
+        return MX_STORE_NOT_FOUND;
+    }
     entry *e = g_new0(entry, 1);
     e->val = g_bytes_new(val, len);
-    g_mutex_lock(&s->lock);
     e->expires = ttl > 0 ? s->clock() + ttl : 0;
     g_hash_table_replace(s->map, g_strdup(key), e);
     after_write(s);
     g_mutex_unlock(&s->lock);
     return MX_STORE_OK;
+}
+
+static mx_store_rc emb_set(mx_store *base, const char *key, const void *val, size_t len, int ttl)
+{
+    return emb_store(base, key, val, len, ttl, 0);
+}
+
+static mx_store_rc emb_add(mx_store *base, const char *key, const void *val, size_t len, int ttl)
+{
+    return emb_store(base, key, val, len, ttl, 1);
 }
 
 static mx_store_rc emb_incr(mx_store *base, const char *key, uint64_t delta, int ttl,
@@ -156,6 +172,7 @@ static const mx_store_ops embedded_ops = {
     .del = emb_del,
     .destroy = emb_destroy,
     .decr = emb_decr,
+    .add = emb_add,
 };
 
 mx_store *mx_store_embedded_new(int64_t (*clock)(void))

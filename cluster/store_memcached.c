@@ -269,6 +269,7 @@ static memcached_return_t mc_step(memcached_st *m, const char *k, size_t kl, uin
 }
 
 static GBytes *rec_open(mc_store *s, const char *k, const char *v, size_t len);
+static void rec_seal(mc_store *s, const char *k, GBytes *val, GByteArray *out);
 
 static mx_store_rc mc_get(mx_store *base, const char *key, GBytes **val)
 {
@@ -295,20 +296,36 @@ static mx_store_rc mc_get(mx_store *base, const char *key, GBytes **val)
     return *val ? MX_STORE_OK : MX_STORE_NOT_FOUND;
 }
 
-static mx_store_rc mc_set(mx_store *base, const char *key, const void *val, size_t len, int ttl)
+/* set, or add (only when absent: NOT_FOUND when the key exists) */
+static mx_store_rc mc_store_cmd(mx_store *base, const char *key, const void *val, size_t len,
+                                int ttl, int add)
 {
     mc_store *s = (mc_store *)base;
     call c;
     if (!call_begin(s, &c, key))
         return MX_STORE_ERROR;
-    char *buf = g_malloc(1 + MAC_LEN + len);
-    buf[0] = REC_VERSION;
-    rec_mac(s, c.key, val, len, (unsigned char *)buf + 1);
-    memcpy(buf + 1 + MAC_LEN, val, len);
+    GBytes *v = g_bytes_new_static(val, len);
+    GByteArray *buf = g_byte_array_new();
+    rec_seal(s, c.key, v, buf);
     memcached_return_t rc =
-        memcached_set(c.m, c.key, strlen(c.key), buf, 1 + MAC_LEN + len, mc_ttl(ttl), 0);
-    g_free(buf);
-    return call_end(s, &c, rc);
+        (add ? memcached_add : memcached_set)(c.m, c.key, strlen(c.key), (const char *)buf->data,
+                                              buf->len, mc_ttl(ttl), 0);
+    g_byte_array_free(buf, TRUE);
+    g_bytes_unref(v);
+    mx_store_rc r = call_end(s, &c, rc);
+    if (r == MX_STORE_OK && (rc == MEMCACHED_NOTSTORED || rc == MEMCACHED_DATA_EXISTS))
+        r = add ? MX_STORE_NOT_FOUND : MX_STORE_ERROR;
+    return r;
+}
+
+static mx_store_rc mc_set(mx_store *base, const char *key, const void *val, size_t len, int ttl)
+{
+    return mc_store_cmd(base, key, val, len, ttl, 0);
+}
+
+static mx_store_rc mc_add(mx_store *base, const char *key, const void *val, size_t len, int ttl)
+{
+    return mc_store_cmd(base, key, val, len, ttl, 1);
 }
 
 /* ASCII memcached has no increment-with-initial: incr; if absent, add the
@@ -439,21 +456,82 @@ static void mc_get_many(mx_store *base, const char *const *keys, size_t n, GByte
         give_back(s, m);
 }
 
-/* Bulk writes (mxgatectl feed), pipelined per server on a connection of
- * their own (mc_pipe.c) with every reply read: a round trip per record
- * would cap a feed at a few tens of thousands a second. Keys go to the
- * server libmemcached would pick, through the same breakers. */
-static void mc_set_many(mx_store *base, const char *const *keys, GBytes *const *vals, size_t n,
-                        const int *ttls, mx_store_rc *rcs)
+/* The signed form of a record: version | HMAC | value. */
+static void rec_seal(mc_store *s, const char *k, GBytes *val, GByteArray *out)
+{
+    gsize len = 0;
+    const void *v = val ? g_bytes_get_data(val, &len) : "";
+    unsigned char head[1 + MAC_LEN];
+    head[0] = REC_VERSION;
+    rec_mac(s, k, v, len, head + 1);
+    g_byte_array_append(out, head, sizeof(head));
+    g_byte_array_append(out, v, (guint)len);
+}
+
+/* One operation as commands; how many reply lines they get. An increment
+ * is "add 0 with the expiry" then "incr": the counter never exists without
+ * its expiry, and the pair needs no reply in between. */
+static int encode_write(mc_store *s, const mx_store_write *w, const char *k, GByteArray *req)
+{
+    char head[160];
+    int hl;
+    switch (w->op) {
+    case MX_STORE_W_SET:
+    case MX_STORE_W_ADD: {
+        gsize len = w->val ? g_bytes_get_size(w->val) : 0;
+        hl = snprintf(head, sizeof(head), "%s %s 0 %lld %zu\r\n",
+                      w->op == MX_STORE_W_SET ? "set" : "add", k, (long long)mc_ttl(w->ttl),
+                      (size_t)(1 + MAC_LEN + len));
+        g_byte_array_append(req, (const guint8 *)head, (guint)hl);
+        rec_seal(s, k, w->val, req);
+        g_byte_array_append(req, (const guint8 *)"\r\n", 2);
+        return 1;
+    }
+    case MX_STORE_W_INCR:
+        hl = snprintf(head, sizeof(head), "add %s 0 %lld 1\r\n0\r\nincr %s %llu\r\n", k,
+                      (long long)mc_ttl(w->ttl), k, (unsigned long long)w->delta);
+        g_byte_array_append(req, (const guint8 *)head, (guint)hl);
+        return 2;
+    case MX_STORE_W_DEL:
+        hl = snprintf(head, sizeof(head), "delete %s\r\n", k);
+        g_byte_array_append(req, (const guint8 *)head, (guint)hl);
+        return 1;
+    }
+    return 0;
+}
+
+/* What the reply lines of one operation (the last of them) mean. */
+static mx_store_rc decode_write(mx_store_wop op, unsigned char r)
+{
+    switch (op) {
+    case MX_STORE_W_SET: return r == MX_MC_STORED ? MX_STORE_OK : MX_STORE_ERROR;
+    case MX_STORE_W_ADD:
+        return r == MX_MC_STORED ? MX_STORE_OK : r == MX_MC_NOT_STORED ? MX_STORE_NOT_FOUND
+                                                                        : MX_STORE_ERROR;
+    case MX_STORE_W_INCR: return r == MX_MC_NUMBER ? MX_STORE_OK : MX_STORE_ERROR;
+    case MX_STORE_W_DEL:
+        return r == MX_MC_DELETED ? MX_STORE_OK : r == MX_MC_NOT_FOUND ? MX_STORE_NOT_FOUND
+                                                                        : MX_STORE_ERROR;
+    }
+    return MX_STORE_ERROR;
+}
+
+/* Batches, pipelined per server on a connection of their own (mc_pipe.c)
+ * with every reply read: a round trip per record would cap a feed at a
+ * few tens of thousands a second. Keys go to the server libmemcached
+ * would pick, through the same breakers. */
+static void mc_write_many(mx_store *base, const mx_store_write *w, size_t n, mx_store_rc *rcs)
 {
     mc_store *s = (mc_store *)base;
     memcached_st *m = borrow(s);
     int *server = g_new(int, n ? n : 1);
+    size_t *last = g_new(size_t, n ? n : 1); /* op -> its last reply line on its server */
     GByteArray **req = g_new0(GByteArray *, s->nbr);
-    GArray **idx = g_new0(GArray *, s->nbr);
+    GArray **ops = g_new0(GArray *, s->nbr);
+    size_t *lines = g_new0(size_t, s->nbr);
     for (size_t i = 0; i < n; i++) {
         char k[4 + 32 + 1];
-        mc_key(s, keys[i], k);
+        mc_key(s, w[i].key, k);
         breaker *b = m ? breaker_for(s, m, k) : NULL;
         server[i] = b ? (int)(b - s->br) : -1;
         rcs[i] = MX_STORE_ERROR;
@@ -462,59 +540,49 @@ static void mc_set_many(mx_store *base, const char *const *keys, GBytes *const *
         int j = server[i];
         if (!req[j]) {
             req[j] = g_byte_array_new();
-            idx[j] = g_array_new(FALSE, FALSE, sizeof(size_t));
+            ops[j] = g_array_new(FALSE, FALSE, sizeof(size_t));
         }
-        gsize len = 0;
-        const void *v = g_bytes_get_data(vals[i], &len);
-        char head[128];
-        int hl = snprintf(head, sizeof(head), "set %s 0 %lld %zu\r\n", k,
-                          (long long)mc_ttl(ttls[i]), 1 + MAC_LEN + len);
-        unsigned char mac[1 + MAC_LEN];
-        mac[0] = REC_VERSION;
-        rec_mac(s, k, v, len, mac + 1);
-        g_byte_array_append(req[j], (const guint8 *)head, (guint)hl);
-        g_byte_array_append(req[j], mac, sizeof(mac));
-        g_byte_array_append(req[j], v, (guint)len);
-        g_byte_array_append(req[j], (const guint8 *)"\r\n", 2);
-        g_array_append_val(idx[j], i);
+        lines[j] += (size_t)encode_write(s, &w[i], k, req[j]);
+        last[i] = lines[j] - 1;
+        g_array_append_val(ops[j], i);
     }
     for (int j = 0; j < s->nbr; j++) {
         if (!req[j])
             continue;
         breaker *b = &s->br[j];
-        size_t cnt = idx[j]->len;
         if (!breaker_allows(s, b)) {
             atomic_fetch_add(&s->stats.fast_failed, 1);
         } else {
-            unsigned char *ok = g_malloc(cnt);
+            unsigned char *reply = g_malloc(lines[j]);
             char *err = NULL;
             int prc = mx_mc_pipeline(b->host, b->port, s->timeout_ms, req[j]->data, req[j]->len,
-                                     cnt, ok, &err);
+                                     lines[j], reply, &err);
             breaker_result(s, b, prc == 0);
             if (prc < 0) {
                 atomic_fetch_add(&s->stats.errors, 1);
-                mc_log(s, 1, "store_bulk_failed", "memcached %s", err);
+                mc_log(s, 1, "store_batch_failed", "memcached %s", err);
                 g_free(err);
             }
-            for (size_t t = 0; t < cnt; t++)
-                rcs[g_array_index(idx[j], size_t, t)] = ok[t] ? MX_STORE_OK : MX_STORE_ERROR;
-            g_free(ok);
+            for (guint t = 0; t < ops[j]->len; t++) {
+                size_t i = g_array_index(ops[j], size_t, t);
+                rcs[i] = decode_write(w[i].op, reply[last[i]]);
+            }
+            g_free(reply);
         }
         g_byte_array_free(req[j], TRUE);
-        g_array_free(idx[j], TRUE);
+        g_array_free(ops[j], TRUE);
     }
     if (m)
         give_back(s, m);
-    /* a key with no server known to the breakers: the plain way */
+    /* a key with no server known to the breakers: one by one */
     for (size_t i = 0; i < n; i++)
-        if (server[i] < 0) {
-            gsize len = 0;
-            const void *v = g_bytes_get_data(vals[i], &len);
-            rcs[i] = mc_set(base, keys[i], v, len, ttls[i]);
-        }
+        if (server[i] < 0)
+            mx_store_write_each(base, &w[i], 1, &rcs[i]);
     g_free(server);
+    g_free(last);
     g_free(req);
-    g_free(idx);
+    g_free(ops);
+    g_free(lines);
 }
 
 static void mc_destroy(mx_store *base)
@@ -559,7 +627,8 @@ static const mx_store_ops mc_ops = {
     .get_many = mc_get_many,
     /* Not libmemcached's buffered requests: in 1.1.4 they lost writes and
      * tripped its own assertions here. */
-    .set_many = mc_set_many,
+    .write_many = mc_write_many,
+    .add = mc_add,
 };
 
 mx_store *mx_store_memcached_new(const mx_memcached_conf *conf, char **err)

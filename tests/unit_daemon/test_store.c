@@ -55,6 +55,41 @@ static void test_incr_creates_and_adds(void)
     mx_store_free(s);
 }
 
+/* add writes only when absent, and a batch means what its calls mean */
+static void test_add_and_batches(void)
+{
+    mx_store *s = mx_store_embedded_new(fake_clock);
+    GBytes *v = NULL;
+    g_assert_cmpint(mx_store_add(s, "a", "one", 3, 10), ==, MX_STORE_OK);
+    g_assert_cmpint(mx_store_add(s, "a", "two", 3, 10), ==, MX_STORE_NOT_FOUND);
+    g_assert_cmpint(mx_store_get(s, "a", &v), ==, MX_STORE_OK);
+    g_assert_cmpmem(g_bytes_get_data(v, NULL), g_bytes_get_size(v), "one", 3);
+    g_bytes_unref(v);
+    fake_now += 10; /* expired: absent again */
+    g_assert_cmpint(mx_store_add(s, "a", "two", 3, 10), ==, MX_STORE_OK);
+
+    GBytes *rec = g_bytes_new_static("r", 1);
+    mx_store_write w[] = {
+        {.op = MX_STORE_W_SET, .key = "b", .val = rec},
+        {.op = MX_STORE_W_ADD, .key = "b", .val = rec},
+        {.op = MX_STORE_W_INCR, .key = "n", .delta = 3, .ttl = 60},
+        {.op = MX_STORE_W_INCR, .key = "n", .delta = 4, .ttl = 60},
+        {.op = MX_STORE_W_DEL, .key = "a"},
+        {.op = MX_STORE_W_DEL, .key = "a"},
+    };
+    mx_store_rc rcs[G_N_ELEMENTS(w)];
+    mx_store_write_many(s, w, G_N_ELEMENTS(w), rcs);
+    mx_store_rc want[] = {MX_STORE_OK, MX_STORE_NOT_FOUND, MX_STORE_OK,
+                          MX_STORE_OK, MX_STORE_OK,        MX_STORE_NOT_FOUND};
+    for (size_t i = 0; i < G_N_ELEMENTS(w); i++)
+        g_assert_cmpint(rcs[i], ==, want[i]);
+    uint64_t n = 0;
+    g_assert_cmpint(mx_store_incr(s, "n", 0, 60, &n), ==, MX_STORE_OK);
+    g_assert_cmpuint(n, ==, 7);
+    g_bytes_unref(rec);
+    mx_store_free(s);
+}
+
 typedef struct { mx_store *s; int n; } hammer_arg;
 
 static gpointer hammer(gpointer data)
@@ -87,5 +122,6 @@ int main(int argc, char **argv)
     g_test_add_func("/store/a key expires with its ttl", test_ttl_expires);
     g_test_add_func("/store/incr creates at delta and adds", test_incr_creates_and_adds);
     g_test_add_func("/store/incr is atomic across threads", test_incr_is_atomic_across_threads);
+    g_test_add_func("/store/add and batches", test_add_and_batches);
     return g_test_run();
 }

@@ -476,6 +476,16 @@ static void test_rate_limit_exact_across_three_nodes(void)
     server_stop(&sv[1]);
 }
 
+/* n sets through one batch. */
+static void set_many(mx_store *s, char **keys, GBytes **vals, size_t n, int ttl, mx_store_rc *rcs)
+{
+    mx_store_write *w = g_new0(mx_store_write, n);
+    for (size_t i = 0; i < n; i++)
+        w[i] = (mx_store_write){.op = MX_STORE_W_SET, .key = keys[i], .val = vals[i], .ttl = ttl};
+    mx_store_write_many(s, w, n, rcs);
+    g_free(w);
+}
+
 /* Bulk: one pipelined write of many records, one multi-get back; a forged
  * one among them reads as absent. */
 static void test_bulk_set_and_get(void)
@@ -495,7 +505,7 @@ static void test_bulk_set_and_get(void)
         vals[i] = g_bytes_new_take(v, strlen(v));
         ttls[i] = 60;
     }
-    mx_store_set_many(s, (const char *const *)keys, vals, N, ttls, rcs);
+    set_many(s, keys, vals, N, ttls[0], rcs);
     for (int i = 0; i < N; i++)
         g_assert_cmpint(rcs[i], ==, MX_STORE_OK);
     /* forge one record straight into memcached */
@@ -554,7 +564,7 @@ static void test_bulk_set_with_a_hung_server(void)
     kill(sv[1].pid, SIGSTOP);
     wait_stopped(sv[1].pid);
     gint64 t0 = g_get_monotonic_time();
-    mx_store_set_many(s, (const char *const *)keys, vals, N, ttls, rcs);
+    set_many(s, keys, vals, N, ttls[0], rcs);
     gint64 dt = g_get_monotonic_time() - t0;
     int ok = 0;
     for (int i = 0; i < N; i++)
@@ -579,7 +589,7 @@ static void test_bulk_set_with_a_hung_server(void)
     }
     /* and a server that refuses connections: its share fails, the rest is written */
     server_stop(&sv[1]);
-    mx_store_set_many(s, (const char *const *)keys, vals, N, ttls, rcs);
+    set_many(s, keys, vals, N, ttls[0], rcs);
     int ok2 = 0;
     for (int i = 0; i < N; i++)
         ok2 += rcs[i] == MX_STORE_OK;
@@ -590,6 +600,64 @@ static void test_bulk_set_with_a_hung_server(void)
     }
     mx_store_free(s);
     server_stop(&sv[0]);
+}
+
+/* Every kind of batched write, against two servers, means what the single
+ * calls mean: add only when absent, an increment created at its delta,
+ * delete, and records that read back signed. */
+static void test_write_many_semantics(void)
+{
+    server sv[2] = {{0}, {0}};
+    server_start(&sv[0]);
+    server_start(&sv[1]);
+    mx_store *s = store_for(sv, 2, 3);
+    enum { N = 50 };
+    char *rec[N], *cnt[N];
+    GBytes *v1 = g_bytes_new_static("first", 5), *v2 = g_bytes_new_static("second", 6);
+    mx_store_write w[5 * N];
+    mx_store_rc rcs[5 * N];
+    for (int i = 0; i < N; i++) {
+        rec[i] = g_strdup_printf("wm:rec:%d", i);
+        cnt[i] = g_strdup_printf("wm:cnt:%d", i);
+        w[5 * i] = (mx_store_write){.op = MX_STORE_W_ADD, .key = rec[i], .val = v1, .ttl = 60};
+        w[5 * i + 1] = (mx_store_write){.op = MX_STORE_W_ADD, .key = rec[i], .val = v2, .ttl = 60};
+        w[5 * i + 2] = (mx_store_write){.op = MX_STORE_W_INCR, .key = cnt[i], .delta = 5, .ttl = 60};
+        w[5 * i + 3] = (mx_store_write){.op = MX_STORE_W_INCR, .key = cnt[i], .delta = 2, .ttl = 60};
+        w[5 * i + 4] = (mx_store_write){.op = MX_STORE_W_DEL, .key = i % 2 ? rec[i] : "wm:none"};
+    }
+    mx_store_write_many(s, w, 5 * N, rcs);
+    for (int i = 0; i < N; i++) {
+        g_assert_cmpint(rcs[5 * i], ==, MX_STORE_OK);
+        g_assert_cmpint(rcs[5 * i + 1], ==, MX_STORE_NOT_FOUND); /* it existed */
+        g_assert_cmpint(rcs[5 * i + 2], ==, MX_STORE_OK);
+        g_assert_cmpint(rcs[5 * i + 3], ==, MX_STORE_OK);
+        g_assert_cmpint(rcs[5 * i + 4], ==, i % 2 ? MX_STORE_OK : MX_STORE_NOT_FOUND);
+        uint64_t v = 0;
+        g_assert_cmpint(mx_store_incr(s, cnt[i], 0, 60, &v), ==, MX_STORE_OK);
+        g_assert_cmpuint(v, ==, 7);
+        GBytes *got = NULL;
+        mx_store_rc rc = mx_store_get(s, rec[i], &got);
+        if (i % 2) {
+            g_assert_cmpint(rc, ==, MX_STORE_NOT_FOUND);
+        } else {
+            g_assert_cmpint(rc, ==, MX_STORE_OK);
+            g_assert_true(g_bytes_equal(got, v1)); /* the first add won */
+            g_bytes_unref(got);
+        }
+    }
+    /* the single call agrees */
+    g_assert_cmpint(mx_store_add(s, rec[0], "x", 1, 60), ==, MX_STORE_NOT_FOUND);
+    g_assert_cmpint(mx_store_add(s, rec[1], "x", 1, 60), ==, MX_STORE_OK);
+    g_assert_cmpuint(atomic_load(&s->ops->stats(s)->errors), ==, 0);
+    mx_store_free(s);
+    g_bytes_unref(v1);
+    g_bytes_unref(v2);
+    for (int i = 0; i < N; i++) {
+        g_free(rec[i]);
+        g_free(cnt[i]);
+    }
+    server_stop(&sv[0]);
+    server_stop(&sv[1]);
 }
 
 static void test_bad_config(void)
@@ -625,6 +693,7 @@ int main(int argc, char **argv)
     g_test_add_func("/store_memcached/bulk_set_and_get", test_bulk_set_and_get);
     g_test_add_func("/store_memcached/bulk_set_with_a_hung_server",
                     test_bulk_set_with_a_hung_server);
+    g_test_add_func("/store_memcached/write_many_semantics", test_write_many_semantics);
     g_test_add_func("/store_memcached/bad_config", test_bad_config);
     return g_test_run();
 }
