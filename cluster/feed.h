@@ -146,9 +146,10 @@ mx_store_rc mx_feed_apply(mx_store *s, const mx_feed_update *u, int64_t now, con
 void mx_feed_apply_many(mx_store *s, const mx_feed_update *const *u, size_t n, int64_t now,
                         const char *source, mx_store_rc *rcs);
 
-/* A record as "field: value" lines (mxgatectl rep get, GET /v1/rep). */
+/* A record as "field: value" lines (mxgatectl rep get, GET /v1/rep),
+ * and the sender's history when h is not NULL. */
 void mx_feed_describe_rep(GString *out, mx_rep_kind kind, const char *value, const mx_rep *r,
-                          int64_t now);
+                          const mx_rep_history *h, int64_t now);
 
 /*
  * The configured rules that count key (an IP address: client_ip,

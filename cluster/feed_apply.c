@@ -198,7 +198,7 @@ static char *one_line(const char *s)
 }
 
 void mx_feed_describe_rep(GString *out, mx_rep_kind kind, const char *value, const mx_rep *r,
-                          int64_t now)
+                          const mx_rep_history *h, int64_t now)
 {
     g_string_append_printf(out, "record: rep:%s:%s\n", mx_rep_kind_name(kind), value);
     g_string_append_printf(out, "found: %s\n", r->found ? "yes" : "no");
@@ -215,6 +215,12 @@ void mx_feed_describe_rep(GString *out, mx_rep_kind kind, const char *value, con
         g_autofree char *why = one_line(r->reason);
         g_string_append_printf(out, "source: %s\n", src);
         g_string_append_printf(out, "reason: %s\n", why);
+    }
+    if (h) {
+        append_time(out, "first seen", h->first_seen, now);
+        append_time(out, "last seen", h->last_seen, now);
+        g_string_append_printf(out, "delivered: %" PRIu64 " messages\n", h->delivered);
+        g_string_append_printf(out, "penalised: %" PRIu64 " times\n", h->penalised);
     }
 }
 

@@ -273,7 +273,7 @@ typedef struct centry {
 struct mx_rep_cache {
     GMutex lock;
     GHashTable *map;     /* "kind:value" -> centry */
-    GHashTable *credits; /* "kind\tvalue" -> points (GINT_TO_POINTER) */
+    GHashTable *notes;   /* "kind\tvalue" -> note: what to write at the next flush */
     int ttl;
     uint64_t generation;
     int have_generation;
@@ -284,7 +284,7 @@ mx_rep_cache *mx_rep_cache_new(int ttl)
     mx_rep_cache *c = g_new0(mx_rep_cache, 1);
     g_mutex_init(&c->lock);
     c->map = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-    c->credits = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    c->notes = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     c->ttl = ttl;
     return c;
 }
@@ -294,7 +294,7 @@ void mx_rep_cache_free(mx_rep_cache *c)
     if (!c)
         return;
     g_hash_table_destroy(c->map);
-    g_hash_table_destroy(c->credits);
+    g_hash_table_destroy(c->notes);
     g_mutex_clear(&c->lock);
     g_free(c);
 }
@@ -367,32 +367,155 @@ int mx_rep_cache_poll(mx_rep_cache *c, mx_store *s)
     return changed;
 }
 
-void mx_rep_cache_credit(mx_rep_cache *c, mx_rep_kind kind, const char *value, int points)
+typedef struct note {
+    int credit;
+    uint32_t delivered, penalised;
+    int64_t first, last;
+} note;
+
+#define NOTES_MAX 100000 /* senders noted between two flushes; more are dropped */
+
+void mx_rep_cache_note(mx_rep_cache *c, mx_rep_kind kind, const char *value, int credit,
+                       int delivered, int penalised, int64_t now)
 {
     char *k = g_strdup_printf("%d\t%s", (int)kind, value);
     g_mutex_lock(&c->lock);
-    int have = GPOINTER_TO_INT(g_hash_table_lookup(c->credits, k));
-    if (g_hash_table_size(c->credits) < 100000 || have)
-        g_hash_table_replace(c->credits, k, GINT_TO_POINTER(have + points));
-    else
-        g_free(k);
+    note *n = g_hash_table_lookup(c->notes, k);
+    if (!n && g_hash_table_size(c->notes) < NOTES_MAX) {
+        n = g_new0(note, 1);
+        n->first = now;
+        g_hash_table_insert(c->notes, k, n);
+        k = NULL;
+    }
+    if (n) {
+        n->credit += credit;
+        n->delivered += (uint32_t)delivered;
+        n->penalised += (uint32_t)penalised;
+        n->last = now > n->last ? now : n->last;
+    }
     g_mutex_unlock(&c->lock);
+    g_free(k);
 }
 
-void mx_rep_cache_flush(mx_rep_cache *c, mx_store *s, int64_t now, int decay)
+static char *history_key(const char *what, mx_rep_kind kind, const char *value)
+{
+    return g_strdup_printf("reph:%s:%s:%s", what, kind_names[kind], value);
+}
+
+static GBytes *time_value(int64_t t)
+{
+    char *v = g_strdup_printf("%lld", (long long)t);
+    return g_bytes_new_take(v, strlen(v));
+}
+
+void mx_rep_cache_flush(mx_rep_cache *c, mx_store *s, int64_t now, int decay, int history)
 {
     g_mutex_lock(&c->lock);
-    GHashTable *batch = c->credits;
-    c->credits = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    GHashTable *batch = c->notes;
+    c->notes = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     g_mutex_unlock(&c->lock);
+    guint n = g_hash_table_size(batch);
+    if (n == 0) {
+        g_hash_table_destroy(batch);
+        return;
+    }
+    /* per sender: credits, the two counters, first seen (add: only the
+     * first node's), last seen; all in one batch */
+    mx_store_write *w = g_new0(mx_store_write, 5 * (gsize)n);
+    char **keys = g_new0(char *, 5 * (gsize)n);
+    size_t nw = 0;
     GHashTableIter it;
     gpointer k, v;
     g_hash_table_iter_init(&it, batch);
     while (g_hash_table_iter_next(&it, &k, &v)) {
         char *tab = strchr(k, '\t');
         mx_rep_kind kind = (mx_rep_kind)atoi(k);
-        /* a failed write loses those credits: they are only a bonus */
-        mx_rep_points(s, kind, tab + 1, GPOINTER_TO_INT(v), now, decay);
+        const char *value = tab + 1;
+        note *nt = v;
+        if (nt->credit > 0) {
+            keys[nw] = points_key("repc", kind, value, now / decay);
+            w[nw] = (mx_store_write){.op = MX_STORE_W_INCR, .key = keys[nw],
+                                     .delta = (uint64_t)nt->credit, .ttl = 2 * decay + 60};
+            nw++;
+        }
+        if (history <= 0)
+            continue;
+        if (nt->delivered) {
+            keys[nw] = history_key("delivered", kind, value);
+            w[nw] = (mx_store_write){.op = MX_STORE_W_INCR, .key = keys[nw],
+                                     .delta = nt->delivered, .ttl = history, .touch = 1};
+            nw++;
+        }
+        if (nt->penalised) {
+            keys[nw] = history_key("penalised", kind, value);
+            w[nw] = (mx_store_write){.op = MX_STORE_W_INCR, .key = keys[nw],
+                                     .delta = nt->penalised, .ttl = history, .touch = 1};
+            nw++;
+        }
+        keys[nw] = history_key("first", kind, value);
+        w[nw] = (mx_store_write){.op = MX_STORE_W_ADD, .key = keys[nw],
+                                 .val = time_value(nt->first), .ttl = history};
+        nw++;
+        keys[nw] = history_key("last", kind, value);
+        w[nw] = (mx_store_write){.op = MX_STORE_W_SET, .key = keys[nw],
+                                 .val = time_value(nt->last), .ttl = history};
+        nw++;
     }
+    /* a failed write loses what it carried: credits are a bonus, history
+     * is for people reading it */
+    mx_store_rc *rcs = g_new(mx_store_rc, nw ? nw : 1);
+    mx_store_write_many(s, w, nw, rcs);
+    for (size_t i = 0; i < nw; i++) {
+        g_free(keys[i]);
+        if (w[i].val)
+            g_bytes_unref(w[i].val);
+    }
+    g_free(rcs);
+    g_free(keys);
+    g_free(w);
     g_hash_table_destroy(batch);
+}
+
+static uint64_t read_time(mx_store *s, const char *key, mx_store_rc *rc)
+{
+    GBytes *b = NULL;
+    mx_store_rc r = mx_store_get(s, key, &b);
+    uint64_t t = 0;
+    if (r == MX_STORE_OK) {
+        gsize n = 0;
+        const char *d = g_bytes_get_data(b, &n);
+        char buf[24];
+        if (n > 0 && n < sizeof(buf)) {
+            memcpy(buf, d, n);
+            buf[n] = 0;
+            t = g_ascii_strtoull(buf, NULL, 10);
+        }
+        g_bytes_unref(b);
+    } else if (r == MX_STORE_ERROR) {
+        *rc = r;
+    }
+    return t;
+}
+
+mx_store_rc mx_rep_read_history(mx_store *s, mx_rep_kind kind, const char *value, int history,
+                                mx_rep_history *out)
+{
+    memset(out, 0, sizeof(*out));
+    mx_store_rc rc = MX_STORE_OK;
+    char *k = history_key("first", kind, value);
+    out->first_seen = read_time(s, k, &rc);
+    g_free(k);
+    k = history_key("last", kind, value);
+    out->last_seen = read_time(s, k, &rc);
+    g_free(k);
+    /* counters are read by adding 0 (memcached keeps them as bare numbers) */
+    const char *what[] = {"delivered", "penalised"};
+    uint64_t *dst[] = {&out->delivered, &out->penalised};
+    for (int i = 0; i < 2; i++) {
+        k = history_key(what[i], kind, value);
+        if (mx_store_incr(s, k, 0, history > 0 ? history : 60, dst[i]) != MX_STORE_OK)
+            rc = MX_STORE_ERROR;
+        g_free(k);
+    }
+    return rc;
 }

@@ -5,7 +5,8 @@
  * IP, network, sender domain or sender address under "rep:<kind>:<value>";
  * the automatic points (penalties and credits) kept apart from it in
  * increment-only counters, one per kind, value and decay period, so hot
- * senders never contend on one record; the "rep:generation" counter that
+ * senders never contend on one record; each sender's history (first and
+ * last seen, messages delivered and penalised) under "reph:..."; the "rep:generation" counter that
  * every change made by an operator bumps; and a node-local cache.
  *
  * Score = the record's score (operators) + credits - penalties, where
@@ -96,9 +97,30 @@ void mx_rep_cache_forget(mx_rep_cache *c, mx_rep_kind kind, const char *value);
  * Returns 1 when it did. */
 int mx_rep_cache_poll(mx_rep_cache *c, mx_store *s);
 
-/* Credits are frequent (every delivered message): add them up here and
- * write them once per flush, one increment per sender. */
-void mx_rep_cache_credit(mx_rep_cache *c, mx_rep_kind kind, const char *value, int points);
-void mx_rep_cache_flush(mx_rep_cache *c, mx_store *s, int64_t now, int decay);
+/*
+ * What happened to a sender at unix time now: credit points (every
+ * delivered message), a delivered message, a penalised event (malware,
+ * a rate limit hit, early talk, a recipient the backend refused). Frequent, so
+ * noted here and written by mx_rep_cache_flush (about once a second) in
+ * one batch: per sender, the credits, the delivered and penalised counters,
+ * first seen (kept by the first write that lands) and last seen. Penalties
+ * are not noted here: they are written at once (mx_rep_points).
+ */
+void mx_rep_cache_note(mx_rep_cache *c, mx_rep_kind kind, const char *value, int credit,
+                       int delivered, int penalised, int64_t now);
+/* history: how long, in seconds, the counters and the first and last seen
+ * times outlive the sender's last activity; 0 keeps none. */
+void mx_rep_cache_flush(mx_rep_cache *c, mx_store *s, int64_t now, int decay, int history);
+
+/* What the cluster saw of a sender: first and last activity (unix seconds,
+ * 0 when unknown), messages delivered and events penalised since it was
+ * first seen. */
+typedef struct mx_rep_history {
+    uint64_t first_seen, last_seen;
+    uint64_t delivered, penalised;
+} mx_rep_history;
+
+mx_store_rc mx_rep_read_history(mx_store *s, mx_rep_kind kind, const char *value, int history,
+                                mx_rep_history *out);
 
 #endif

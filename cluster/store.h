@@ -39,6 +39,7 @@ typedef struct mx_store_write {
     GBytes *val;     /* SET, ADD */
     uint64_t delta;  /* INCR */
     int ttl;
+    int touch;       /* INCR: the expiry starts again at ttl (a counter of activity) */
 } mx_store_write;
 
 /* Node-local counts a store keeps about itself (for logs and /metrics). */
@@ -73,6 +74,8 @@ typedef struct mx_store_ops {
     void (*write_many)(mx_store *s, const mx_store_write *w, size_t n, mx_store_rc *rcs);
     /* Store val under key unless the key exists (NOT_FOUND then). */
     mx_store_rc (*add)(mx_store *s, const char *key, const void *val, size_t len, int ttl);
+    /* Give key a new expiry of ttl seconds from now; NOT_FOUND if absent. */
+    mx_store_rc (*touch)(mx_store *s, const char *key, int ttl);
 } mx_store_ops;
 
 struct mx_store {
@@ -109,6 +112,10 @@ static inline mx_store_rc mx_store_add(mx_store *s, const char *k, const void *v
 {
     return s->ops->add(s, k, v, n, ttl);
 }
+static inline mx_store_rc mx_store_touch(mx_store *s, const char *k, int ttl)
+{
+    return s->ops->touch(s, k, ttl);
+}
 static inline mx_store_rc mx_store_incr(mx_store *s, const char *k, uint64_t d, int ttl, uint64_t *now)
 {
     return s->ops->incr(s, k, d, ttl, now);
@@ -137,7 +144,11 @@ static inline void mx_store_write_each(mx_store *s, const mx_store_write *w, siz
         switch (w[i].op) {
         case MX_STORE_W_SET: rcs[i] = s->ops->set(s, w[i].key, d, len, w[i].ttl); break;
         case MX_STORE_W_ADD: rcs[i] = s->ops->add(s, w[i].key, d, len, w[i].ttl); break;
-        case MX_STORE_W_INCR: rcs[i] = s->ops->incr(s, w[i].key, w[i].delta, w[i].ttl, NULL); break;
+        case MX_STORE_W_INCR:
+            rcs[i] = s->ops->incr(s, w[i].key, w[i].delta, w[i].ttl, NULL);
+            if (rcs[i] == MX_STORE_OK && w[i].touch)
+                s->ops->touch(s, w[i].key, w[i].ttl);
+            break;
         case MX_STORE_W_DEL: rcs[i] = s->ops->del(s, w[i].key); break;
         }
     }

@@ -156,6 +156,17 @@ static mx_store_rc emb_del(mx_store *base, const char *key)
     return found ? MX_STORE_OK : MX_STORE_NOT_FOUND;
 }
 
+static mx_store_rc emb_touch(mx_store *base, const char *key, int ttl)
+{
+    embedded *s = (embedded *)base;
+    g_mutex_lock(&s->lock);
+    entry *e = lookup(s, key);
+    if (e)
+        e->expires = ttl > 0 ? s->clock() + ttl : 0;
+    g_mutex_unlock(&s->lock);
+    return e ? MX_STORE_OK : MX_STORE_NOT_FOUND;
+}
+
 static void emb_destroy(mx_store *base)
 {
     embedded *s = (embedded *)base;
@@ -173,6 +184,7 @@ static const mx_store_ops embedded_ops = {
     .destroy = emb_destroy,
     .decr = emb_decr,
     .add = emb_add,
+    .touch = emb_touch,
 };
 
 mx_store *mx_store_embedded_new(int64_t (*clock)(void))

@@ -383,6 +383,19 @@ static mx_store_rc mc_del(mx_store *base, const char *key)
     return call_end(s, &c, rc);
 }
 
+static mx_store_rc mc_touch(mx_store *base, const char *key, int ttl)
+{
+    mc_store *s = (mc_store *)base;
+    call c;
+    if (!call_begin(s, &c, key))
+        return MX_STORE_ERROR;
+    memcached_return_t rc = memcached_touch(c.m, c.key, strlen(c.key), mc_ttl(ttl));
+    mx_store_rc r = call_end(s, &c, rc);
+    if (r == MX_STORE_OK && rc == MEMCACHED_NOTFOUND)
+        r = MX_STORE_NOT_FOUND;
+    return r;
+}
+
 /* Check a stored record against its key; the payload, or NULL. */
 static GBytes *rec_open(mc_store *s, const char *k, const char *v, size_t len)
 {
@@ -468,11 +481,15 @@ static void rec_seal(mc_store *s, const char *k, GBytes *val, GByteArray *out)
     g_byte_array_append(out, v, (guint)len);
 }
 
-/* One operation as commands; how many reply lines they get. An increment
- * is "add 0 with the expiry" then "incr": the counter never exists without
- * its expiry, and the pair needs no reply in between. */
-static int encode_write(mc_store *s, const mx_store_write *w, const char *k, GByteArray *req)
+/* One operation as commands; how many reply lines they get, and which of
+ * them says how it went (*decisive, counted from the first). An increment
+ * is "add 0 with the expiry" then "incr" (then "touch" when asked): the
+ * counter never exists without its expiry, and no reply is awaited in
+ * between. */
+static int encode_write(mc_store *s, const mx_store_write *w, const char *k, GByteArray *req,
+                        int *decisive)
 {
+    *decisive = 0;
     char head[160];
     int hl;
     switch (w->op) {
@@ -491,7 +508,12 @@ static int encode_write(mc_store *s, const mx_store_write *w, const char *k, GBy
         hl = snprintf(head, sizeof(head), "add %s 0 %lld 1\r\n0\r\nincr %s %llu\r\n", k,
                       (long long)mc_ttl(w->ttl), k, (unsigned long long)w->delta);
         g_byte_array_append(req, (const guint8 *)head, (guint)hl);
-        return 2;
+        *decisive = 1;
+        if (!w->touch)
+            return 2;
+        hl = snprintf(head, sizeof(head), "touch %s %lld\r\n", k, (long long)mc_ttl(w->ttl));
+        g_byte_array_append(req, (const guint8 *)head, (guint)hl);
+        return 3;
     case MX_STORE_W_DEL:
         hl = snprintf(head, sizeof(head), "delete %s\r\n", k);
         g_byte_array_append(req, (const guint8 *)head, (guint)hl);
@@ -500,7 +522,7 @@ static int encode_write(mc_store *s, const mx_store_write *w, const char *k, GBy
     return 0;
 }
 
-/* What the reply lines of one operation (the last of them) mean. */
+/* What the decisive reply line of one operation means. */
 static mx_store_rc decode_write(mx_store_wop op, unsigned char r)
 {
     switch (op) {
@@ -525,7 +547,7 @@ static void mc_write_many(mx_store *base, const mx_store_write *w, size_t n, mx_
     mc_store *s = (mc_store *)base;
     memcached_st *m = borrow(s);
     int *server = g_new(int, n ? n : 1);
-    size_t *last = g_new(size_t, n ? n : 1); /* op -> its last reply line on its server */
+    size_t *last = g_new(size_t, n ? n : 1); /* op -> its decisive reply line */
     GByteArray **req = g_new0(GByteArray *, s->nbr);
     GArray **ops = g_new0(GArray *, s->nbr);
     size_t *lines = g_new0(size_t, s->nbr);
@@ -542,8 +564,10 @@ static void mc_write_many(mx_store *base, const mx_store_write *w, size_t n, mx_
             req[j] = g_byte_array_new();
             ops[j] = g_array_new(FALSE, FALSE, sizeof(size_t));
         }
-        lines[j] += (size_t)encode_write(s, &w[i], k, req[j]);
-        last[i] = lines[j] - 1;
+        int decisive = 0;
+        size_t first = lines[j];
+        lines[j] += (size_t)encode_write(s, &w[i], k, req[j], &decisive);
+        last[i] = first + (size_t)decisive;
         g_array_append_val(ops[j], i);
     }
     for (int j = 0; j < s->nbr; j++) {
@@ -629,6 +653,7 @@ static const mx_store_ops mc_ops = {
      * tripped its own assertions here. */
     .write_many = mc_write_many,
     .add = mc_add,
+    .touch = mc_touch,
 };
 
 mx_store *mx_store_memcached_new(const mx_memcached_conf *conf, char **err)

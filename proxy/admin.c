@@ -293,7 +293,10 @@ static void get_rep(http_conn *c, const char *target, int change)
     }
     mx_config *cfg = mx_server_config(c->a->srv);
     mx_rep r;
+    mx_rep_history h;
     mx_store_rc rc = mx_rep_read(st, u.kind, u.value, now, cfg->rep_decay, &r);
+    if (rc == MX_STORE_OK)
+        rc = mx_rep_read_history(st, u.kind, u.value, cfg->rep_history, &h);
     mx_config_unref(cfg);
     if (rc != MX_STORE_OK) {
         mx_feed_update_clear(&u);
@@ -301,7 +304,7 @@ static void get_rep(http_conn *c, const char *target, int change)
         return;
     }
     GString *out = g_string_new(NULL);
-    mx_feed_describe_rep(out, u.kind, u.value, &r, now);
+    mx_feed_describe_rep(out, u.kind, u.value, &r, &h, now);
     mx_feed_update_clear(&u);
     http_respond_len(c, 200, out->str, out->len);
     g_string_free(out, TRUE);

@@ -208,6 +208,9 @@ static const option options[] = {
      "points given to client IP, sender domain and sender per delivered clean message"},
     {"reputation", "decay", OPT_INT, O(rep_decay), "86400", 60, 31536000, NULL,
      "seconds after which automatic points count half, and after twice that not at all"},
+    {"reputation", "history", OPT_INT, O(rep_history), "7776000", 0, 315360000, NULL,
+     "seconds a sender's first/last seen times and message counters outlive its last "
+     "activity (mxgatectl rep get); 0 = keep none"},
 
     {"admin", "listen", OPT_STR, O(admin_listen), "127.0.0.1:8025", 0, 0, NULL,
      "ADDR:PORT of the HTTP endpoint for /health; empty = off"},

@@ -135,6 +135,7 @@ typedef struct mx_config {
     int rep_penalty_unknown_rcpt;
     int rep_credit_delivered;
     int rep_decay;
+    int rep_history;
 
     /* [admin] */
     char *admin_listen;

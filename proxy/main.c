@@ -145,10 +145,10 @@ static void on_hup(struct ev_loop *loop, ev_signal *w, int revents)
                    "smtp.listen, smtp.workers and admin.listen change only on restart");
     if (strcmp(old->cluster_memcached, nc->cluster_memcached) != 0 ||
         strcmp(old->cluster_key_file, nc->cluster_key_file) != 0 ||
-        old->rep_decay != nc->rep_decay)
+        old->rep_decay != nc->rep_decay || old->rep_history != nc->rep_history)
         mx_log_msg(MX_LOG_WARNING, "reload",
-                   "cluster.memcached, cluster.key_file and reputation.decay change only on "
-                   "restart");
+                   "cluster.memcached, cluster.key_file, reputation.decay and "
+                   "reputation.history change only on restart");
     if (old->clamav_enabled != nc->clamav_enabled || old->clamav_threads != nc->clamav_threads)
         mx_log_msg(MX_LOG_WARNING, "reload",
                    "clamav.enabled and clamav.threads change only on restart");

@@ -369,13 +369,16 @@ static int cmd_rep(ctl *c, opts *o)
                                 "nodes see the change when their cache entry expires\n");
         }
         mx_rep r;
-        if (mx_rep_read(c->store, u.kind, u.value, now, c->cfg->rep_decay, &r) != MX_STORE_OK) {
+        mx_rep_history h;
+        if (mx_rep_read(c->store, u.kind, u.value, now, c->cfg->rep_decay, &r) != MX_STORE_OK ||
+            mx_rep_read_history(c->store, u.kind, u.value, c->cfg->rep_history, &h) !=
+                MX_STORE_OK) {
             fprintf(stderr, "mxgatectl: store error: memcached (%s) unreachable or failing\n",
                     c->cfg->cluster_memcached);
             rc = 1;
         } else {
             GString *s = g_string_new(NULL);
-            mx_feed_describe_rep(s, u.kind, u.value, &r, now);
+            mx_feed_describe_rep(s, u.kind, u.value, &r, &h, now);
             fputs(s->str, stdout);
             g_string_free(s, TRUE);
         }

@@ -17,6 +17,7 @@ struct mx_policy {
     mx_rep_cache *cache;
     int memcached;
     int decay;          /* reputation.decay at start (counter keys depend on it) */
+    int history;        /* reputation.history at start */
     int poll_ms;
     int rep_enabled;
     GThread *thread;
@@ -61,6 +62,7 @@ mx_policy *mx_policy_new(const mx_config *cfg, char **err)
     g_mutex_init(&p->lock);
     g_cond_init(&p->cond);
     p->decay = cfg->rep_decay;
+    p->history = cfg->rep_history;
     p->poll_ms = cfg->cluster_generation_poll;
     p->rep_enabled = cfg->rep_enabled;
     p->local = mx_store_embedded_new(NULL);
@@ -108,7 +110,7 @@ static gpointer poller(gpointer data)
         g_mutex_unlock(&p->lock);
         if (mx_rep_cache_poll(p->cache, p->store))
             mx_log_msg(MX_LOG_DEBUG, "reputation_generation", "feed changed; cache emptied");
-        mx_rep_cache_flush(p->cache, p->store, (int64_t)time(NULL), p->decay);
+        mx_rep_cache_flush(p->cache, p->store, (int64_t)time(NULL), p->decay, p->history);
         g_mutex_lock(&p->lock);
     }
     g_mutex_unlock(&p->lock);
@@ -130,7 +132,7 @@ void mx_policy_free(mx_policy *p)
         g_cond_signal(&p->cond);
         g_mutex_unlock(&p->lock);
         g_thread_join(p->thread);
-        mx_rep_cache_flush(p->cache, p->store, (int64_t)time(NULL), p->decay);
+        mx_rep_cache_flush(p->cache, p->store, (int64_t)time(NULL), p->decay, p->history);
     }
     if (p->store)
         mx_store_free(p->store);
@@ -612,8 +614,6 @@ void mx_policy_feedback(mx_session *s, mx_feedback what)
     case MX_FB_UNKNOWN_RCPT: points = -s->cfg->rep_penalty_unknown_rcpt; break;
     case MX_FB_DELIVERED: points = s->cfg->rep_credit_delivered; with_sender = 1; break;
     }
-    if (points == 0)
-        return;
     fb_job *f = g_new0(fb_job, 1);
     f->p = p;
     f->points = points;
@@ -628,13 +628,17 @@ void mx_policy_feedback(mx_session *s, mx_feedback what)
             f->value[f->n++] = g_utf8_strdown(at + 1, -1);
         }
     }
-    if (points > 0) {
-        /* every delivered message: batched, written by the poller */
-        for (int i = 0; i < f->n; i++)
-            mx_rep_cache_credit(p->cache, f->kind[i], f->value[i], points);
+    /* credits and history: batched, written by the poller */
+    int delivered = what == MX_FB_DELIVERED;
+    int64_t now = (int64_t)time(NULL);
+    for (int i = 0; i < f->n; i++)
+        mx_rep_cache_note(p->cache, f->kind[i], f->value[i], points > 0 ? points : 0, delivered,
+                          !delivered, now);
+    if (points >= 0) {
         fb_done(&f->job);
         return;
     }
+    /* penalties: at once */
     f->job.work = fb_work;
     f->job.done = fb_done;
     if (mx_offload_submit(s->w->srv->offload, &s->w->port, &f->job) != MX_OK)

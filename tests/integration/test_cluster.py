@@ -371,6 +371,28 @@ def exact_limit_run(test, nodes, fake, sender):
     return events
 
 
+def assert_history(test, node, sender, delivered):
+    """mxgatectl rep get shows the sender's history: the delivered count
+    that the nodes flushed (about once a second), first and last seen."""
+    want = "delivered: %d messages" % delivered
+    got = [""]
+
+    def shown():
+        p = mxgatectl("rep", "get", "sender", sender, config=node.config_path)
+        test.assertEqual(p.returncode, 0, p.stderr)
+        got[0] = p.stdout
+        return want in p.stdout
+    mt.wait_until(shown, 5, what=want)
+    out = got[0]
+    test.assertIn("penalised: 0 times", out)
+    first = re.search(r"^first seen: (\S+) \((\d+) s ago\)$", out, re.M)
+    last = re.search(r"^last seen: (\S+) \((\d+) s ago\)$", out, re.M)
+    test.assertIsNotNone(first, out)
+    test.assertIsNotNone(last, out)
+    test.assertLessEqual(first.group(1), last.group(1))
+    test.assertLess(int(last.group(2)), 30)
+
+
 class TestSharedLimits(ClusterCase):
 
     def test_fixed_window_is_exact_across_three_nodes(self):
@@ -387,6 +409,8 @@ class TestSharedLimits(ClusterCase):
         m = self.holder(logical)
         self.assertIsNotNone(m, "counter %s not found in any memcached" % logical)
         self.assertEqual(m.get(self.mckey(logical)), b"30")
+        # the sender's history, written by three nodes: the 10 delivered
+        assert_history(self, nodes[2], sender.lower(), 10)
         for nd in nodes:
             self.assertExitsCleanly(nd)
 
@@ -953,6 +977,7 @@ class TestEmbeddedStore(FeedCase):
         away_from_boundary(3600, 10)
         # three sessions at once on the one node
         exact_limit_run(self, [node, node, node], fake, "Bulk.Sender@Client.Test")
+        assert_history(self, node, "bulk.sender@client.test", 10)
         self.assertExitsCleanly(node)
 
     def test_reputation_fed_through_admin_listen(self):

@@ -781,7 +781,7 @@ static void test_apply_ops(void)
     GString *s = g_string_new(NULL);
     apply_args("set", "192.0.2.9", "-20", NULL, "listed");
     r = read_ip("192.0.2.9", NOW + 5);
-    mx_feed_describe_rep(s, MX_REP_IP, "192.0.2.9", &r, NOW + 5);
+    mx_feed_describe_rep(s, MX_REP_IP, "192.0.2.9", &r, NULL, NOW + 5);
     g_assert_cmpstr(s->str, ==,
                     "record: rep:ip:192.0.2.9\n"
                     "found: yes\n"
@@ -799,6 +799,55 @@ static void test_apply_ops(void)
 }
 
 /* ---- rate limits of a key ---- */
+
+/* Two nodes note what their senders did; their flushes make one history:
+ * the earliest first seen, the latest last seen, the counts added up, the
+ * credits in the automatic points; and it shows in rep get's text. */
+static void test_history(void)
+{
+    mx_store *st = mx_store_embedded_new(NULL);
+    mx_rep_cache *a = mx_rep_cache_new(30), *b = mx_rep_cache_new(30);
+    const char *ip = "198.51.100.7";
+    mx_rep_cache_note(a, MX_REP_IP, ip, 1, 1, 0, NOW);
+    mx_rep_cache_note(a, MX_REP_IP, ip, 1, 1, 0, NOW + 3);
+    mx_rep_cache_note(a, MX_REP_IP, ip, 0, 0, 1, NOW + 4);
+    mx_rep_cache_note(b, MX_REP_IP, ip, 1, 1, 0, NOW + 2);
+    mx_rep_cache_flush(b, st, NOW + 2, DECAY, 3600); /* node b writes first */
+    mx_rep_cache_flush(a, st, NOW + 4, DECAY, 3600);
+    mx_rep_history h;
+    g_assert_cmpint(mx_rep_read_history(st, MX_REP_IP, ip, 3600, &h), ==, MX_STORE_OK);
+    /* first seen is the first write that landed: b's, at NOW + 2 (a's
+     * note at NOW arrived later); nodes flush every second, so this is
+     * the first activity to within about a second */
+    g_assert_cmpuint(h.first_seen, ==, NOW + 2);
+    g_assert_cmpuint(h.last_seen, ==, NOW + 4);
+    g_assert_cmpuint(h.delivered, ==, 3);
+    g_assert_cmpuint(h.penalised, ==, 1);
+    mx_rep r;
+    g_assert_cmpint(mx_rep_read(st, MX_REP_IP, ip, NOW + 4, DECAY, &r), ==, MX_STORE_OK);
+    g_assert_cmpint(r.auto_points, ==, 3);
+    GString *out = g_string_new(NULL);
+    mx_feed_describe_rep(out, MX_REP_IP, ip, &r, &h, NOW + 10);
+    g_assert_nonnull(strstr(out->str, "first seen: 2023-11-14T22:13:22Z (8 s ago)\n"));
+    g_assert_nonnull(strstr(out->str, "last seen: 2023-11-14T22:13:24Z (6 s ago)\n"));
+    g_assert_nonnull(strstr(out->str, "delivered: 3 messages\npenalised: 1 times\n"));
+    g_string_free(out, TRUE);
+    /* an unknown sender: nothing seen */
+    g_assert_cmpint(mx_rep_read_history(st, MX_REP_IP, "198.51.100.8", 3600, &h), ==, MX_STORE_OK);
+    g_assert_cmpuint(h.first_seen + h.last_seen + h.delivered + h.penalised, ==, 0);
+    /* history = 0: credits still written, no history */
+    mx_rep_cache_note(a, MX_REP_SENDER, "x@example.org", 1, 1, 0, NOW);
+    mx_rep_cache_flush(a, st, NOW, DECAY, 0);
+    g_assert_cmpint(mx_rep_read_history(st, MX_REP_SENDER, "x@example.org", 0, &h), ==,
+                    MX_STORE_OK);
+    g_assert_cmpuint(h.first_seen + h.delivered, ==, 0);
+    g_assert_cmpint(mx_rep_read(st, MX_REP_SENDER, "x@example.org", NOW, DECAY, &r), ==,
+                    MX_STORE_OK);
+    g_assert_cmpint(r.auto_points, ==, 1);
+    mx_rep_cache_free(a);
+    mx_rep_cache_free(b);
+    mx_store_free(st);
+}
 
 static void test_describe_limits(void)
 {
@@ -894,5 +943,6 @@ int main(int argc, char **argv)
     }
     g_test_add_func("/feed/apply/each op on the embedded store", test_apply_ops);
     g_test_add_func("/feed/limits/the rules that count a key", test_describe_limits);
+    g_test_add_func("/feed/history/two nodes make one history", test_history);
     return g_test_run();
 }

@@ -622,7 +622,8 @@ static void test_write_many_semantics(void)
         w[5 * i] = (mx_store_write){.op = MX_STORE_W_ADD, .key = rec[i], .val = v1, .ttl = 60};
         w[5 * i + 1] = (mx_store_write){.op = MX_STORE_W_ADD, .key = rec[i], .val = v2, .ttl = 60};
         w[5 * i + 2] = (mx_store_write){.op = MX_STORE_W_INCR, .key = cnt[i], .delta = 5, .ttl = 60};
-        w[5 * i + 3] = (mx_store_write){.op = MX_STORE_W_INCR, .key = cnt[i], .delta = 2, .ttl = 60};
+        w[5 * i + 3] = (mx_store_write){
+            .op = MX_STORE_W_INCR, .key = cnt[i], .delta = 2, .ttl = 60, .touch = 1};
         w[5 * i + 4] = (mx_store_write){.op = MX_STORE_W_DEL, .key = i % 2 ? rec[i] : "wm:none"};
     }
     mx_store_write_many(s, w, 5 * N, rcs);
@@ -648,6 +649,11 @@ static void test_write_many_semantics(void)
     /* the single call agrees */
     g_assert_cmpint(mx_store_add(s, rec[0], "x", 1, 60), ==, MX_STORE_NOT_FOUND);
     g_assert_cmpint(mx_store_add(s, rec[1], "x", 1, 60), ==, MX_STORE_OK);
+    g_assert_cmpint(mx_store_touch(s, rec[1], 1), ==, MX_STORE_OK);
+    g_assert_cmpint(mx_store_touch(s, "wm:never", 60), ==, MX_STORE_NOT_FOUND);
+    GBytes *gone = NULL;
+    g_usleep(2100000); /* memcached's clock ticks in whole seconds */
+    g_assert_cmpint(mx_store_get(s, rec[1], &gone), ==, MX_STORE_NOT_FOUND);
     g_assert_cmpuint(atomic_load(&s->ops->stats(s)->errors), ==, 0);
     mx_store_free(s);
     g_bytes_unref(v1);
