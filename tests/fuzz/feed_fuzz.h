@@ -14,13 +14,7 @@
 
 #include "feed.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c) \
-    do { \
-        if (!(c)) \
-            abort(); \
-    } while (0)
+#include "fuzz_check.h"
 
 /* u encoded as one protobuf entry reads back the same, numbered first. */
 static void check_roundtrip(const mx_feed_update *u, uint64_t first)

@@ -18,13 +18,7 @@
 
 #include "data_codec.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c) \
-    do { \
-        if (!(c)) \
-            abort(); \
-    } while (0)
+#include "fuzz_check.h"
 
 typedef struct obuf {
     char *p;

@@ -16,13 +16,7 @@
 
 #include "reply_parse.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c) \
-    do { \
-        if (!(c)) \
-            abort(); \
-    } while (0)
+#include "fuzz_check.h"
 
 static uint64_t mix(uint64_t h, const void *p, size_t len)
 {

@@ -16,13 +16,7 @@
 
 #include "smtp_cmd.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c) \
-    do { \
-        if (!(c)) \
-            abort(); \
-    } while (0)
+#include "fuzz_check.h"
 
 static void inside(mx_span sp, const char *p, size_t len)
 {
