@@ -76,6 +76,10 @@ typedef struct mx_store_ops {
     mx_store_rc (*add)(mx_store *s, const char *key, const void *val, size_t len, int ttl);
     /* Give key a new expiry of ttl seconds from now; NOT_FOUND if absent. */
     mx_store_rc (*touch)(mx_store *s, const char *key, int ttl);
+    /* Read n counters (keys written by incr) without moving them: vals[i]
+     * for OK; NOT_FOUND when absent or not a counter. */
+    void (*counters)(mx_store *s, const char *const *keys, size_t n, uint64_t *vals,
+                     mx_store_rc *rcs);
 } mx_store_ops;
 
 struct mx_store {
@@ -111,6 +115,11 @@ static inline mx_store_rc mx_store_set(mx_store *s, const char *k, const void *v
 static inline mx_store_rc mx_store_add(mx_store *s, const char *k, const void *v, size_t n, int ttl)
 {
     return s->ops->add(s, k, v, n, ttl);
+}
+static inline void mx_store_counters(mx_store *s, const char *const *k, size_t n, uint64_t *v,
+                                     mx_store_rc *rcs)
+{
+    s->ops->counters(s, k, n, v, rcs);
 }
 static inline mx_store_rc mx_store_touch(mx_store *s, const char *k, int ttl)
 {

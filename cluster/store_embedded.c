@@ -167,6 +167,19 @@ static mx_store_rc emb_touch(mx_store *base, const char *key, int ttl)
     return e ? MX_STORE_OK : MX_STORE_NOT_FOUND;
 }
 
+static void emb_counters(mx_store *base, const char *const *keys, size_t n, uint64_t *vals,
+                         mx_store_rc *rcs)
+{
+    embedded *s = (embedded *)base;
+    g_mutex_lock(&s->lock);
+    for (size_t i = 0; i < n; i++) {
+        entry *e = lookup(s, keys[i]);
+        vals[i] = e && !e->val ? e->counter : 0;
+        rcs[i] = e && !e->val ? MX_STORE_OK : MX_STORE_NOT_FOUND;
+    }
+    g_mutex_unlock(&s->lock);
+}
+
 static void emb_destroy(mx_store *base)
 {
     embedded *s = (embedded *)base;
@@ -185,6 +198,7 @@ static const mx_store_ops embedded_ops = {
     .decr = emb_decr,
     .add = emb_add,
     .touch = emb_touch,
+    .counters = emb_counters,
 };
 
 mx_store *mx_store_embedded_new(int64_t (*clock)(void))

@@ -412,22 +412,27 @@ static GBytes *rec_open(mc_store *s, const char *k, const char *v, size_t len)
     return g_bytes_new(v + 1 + MAC_LEN, len - 1 - MAC_LEN);
 }
 
-/* One multi-get for all keys (libmemcached sends one request per server). */
-static void mc_get_many(mx_store *base, const char *const *keys, size_t n, GBytes **vals,
-                        mx_store_rc *rcs)
+/* One multi-get for all keys (libmemcached sends one request per server);
+ * found(ctx, i, physical key, value, length) for each key that came back.
+ * rcs[i] starts NOT_FOUND, and turns ERROR for every key not found when
+ * a server did not answer (what it held is unknown). */
+typedef void (*mget_found)(mc_store *s, void *ctx, size_t i, const char *k, const char *v,
+                           size_t len, mx_store_rc *rc);
+
+static void mget_each(mc_store *s, const char *const *keys, size_t n, mget_found found,
+                      void *ctx, mx_store_rc *rcs)
 {
-    mc_store *s = (mc_store *)base;
     memcached_st *m = borrow(s);
     typedef char mkey[4 + 32 + 1];
     mkey *pk = g_new(mkey, n ? n : 1);
     const char **kp = g_new(const char *, n ? n : 1);
     size_t *kl = g_new(size_t, n ? n : 1);
+    unsigned char *seen = g_new0(unsigned char, n ? n : 1);
     GHashTable *index = g_hash_table_new(g_str_hash, g_str_equal);
     for (size_t i = 0; i < n; i++) {
         mc_key(s, keys[i], pk[i]);
         kp[i] = pk[i];
         kl[i] = strlen(pk[i]);
-        vals[i] = NULL;
         rcs[i] = MX_STORE_NOT_FOUND;
         g_hash_table_insert(index, pk[i], GSIZE_TO_POINTER(i + 1));
     }
@@ -445,18 +450,17 @@ static void mc_get_many(mx_store *base, const char *const *keys, size_t n, GByte
                 memcpy(k, memcached_result_key_value(res), klen);
                 k[klen] = 0;
                 size_t i = GPOINTER_TO_SIZE(g_hash_table_lookup(index, k));
-                if (i > 0 && !vals[i - 1]) {
-                    vals[i - 1] = rec_open(s, k, memcached_result_value(res),
-                                           memcached_result_length(res));
-                    rcs[i - 1] = vals[i - 1] ? MX_STORE_OK : MX_STORE_NOT_FOUND;
+                if (i > 0 && !seen[i - 1]) {
+                    seen[i - 1] = 1;
+                    found(s, ctx, i - 1, k, memcached_result_value(res),
+                          memcached_result_length(res), &rcs[i - 1]);
                 }
             }
             memcached_result_free(res);
         }
         if (rc != MEMCACHED_END && rc != MEMCACHED_SUCCESS && rc != MEMCACHED_NOTFOUND) {
-            /* some server did not answer: what it held is unknown */
             for (size_t i = 0; i < n; i++)
-                if (!vals[i])
+                if (!seen[i])
                     rcs[i] = MX_STORE_ERROR;
             atomic_fetch_add(&s->stats.errors, 1);
         }
@@ -465,8 +469,53 @@ static void mc_get_many(mx_store *base, const char *const *keys, size_t n, GByte
     g_free(pk);
     g_free(kp);
     g_free(kl);
+    g_free(seen);
     if (m)
         give_back(s, m);
+}
+
+static void found_record(mc_store *s, void *ctx, size_t i, const char *k, const char *v,
+                         size_t len, mx_store_rc *rc)
+{
+    GBytes **vals = ctx;
+    vals[i] = rec_open(s, k, v, len);
+    *rc = vals[i] ? MX_STORE_OK : MX_STORE_NOT_FOUND;
+}
+
+static void mc_get_many(mx_store *base, const char *const *keys, size_t n, GBytes **vals,
+                        mx_store_rc *rcs)
+{
+    for (size_t i = 0; i < n; i++)
+        vals[i] = NULL;
+    mget_each((mc_store *)base, keys, n, found_record, vals, rcs);
+}
+
+/* memcached pads a counter that shrank with spaces */
+static void found_counter(mc_store *s, void *ctx, size_t i, const char *k, const char *v,
+                          size_t len, mx_store_rc *rc)
+{
+    (void)s;
+    (void)k;
+    uint64_t *vals = ctx;
+    char buf[24];
+    while (len && v[len - 1] == ' ')
+        len--;
+    if (len == 0 || len >= sizeof(buf) || strspn(v, "0123456789") < len) {
+        *rc = MX_STORE_NOT_FOUND; /* not a counter */
+        return;
+    }
+    memcpy(buf, v, len);
+    buf[len] = 0;
+    vals[i] = g_ascii_strtoull(buf, NULL, 10);
+    *rc = MX_STORE_OK;
+}
+
+static void mc_counters(mx_store *base, const char *const *keys, size_t n, uint64_t *vals,
+                        mx_store_rc *rcs)
+{
+    for (size_t i = 0; i < n; i++)
+        vals[i] = 0;
+    mget_each((mc_store *)base, keys, n, found_counter, vals, rcs);
 }
 
 /* The signed form of a record: version | HMAC | value. */
@@ -654,6 +703,7 @@ static const mx_store_ops mc_ops = {
     .write_many = mc_write_many,
     .add = mc_add,
     .touch = mc_touch,
+    .counters = mc_counters,
 };
 
 mx_store *mx_store_memcached_new(const mx_memcached_conf *conf, char **err)

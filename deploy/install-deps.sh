@@ -19,7 +19,12 @@ TEST="postfix swaks memcached haproxy clamav python3 procps iproute2 openssl
       libmariadb3 libspf2-2 libidn12 libidn2-0 libgnutls30 libgnutls-dane0 libpq5
       libsasl2-2 libperl5.36 libdb5.3 libldap-2.5-0 libnsl2 libpam0g libpcre2-8-0
       libsqlite3-0 libcrypt1 netbase
-      testssl.sh libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-perl"
+      testssl.sh libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-perl
+      prometheus chromium"
+# prometheus: for promtool only; tests/integration/test_metrics.py validates
+# the node's /metrics with `promtool check metrics`.
+# chromium: tests/unit/render_report.sh renders the html report with it
+# (headless) and checks the screenshot.
 
 missing=""
 for p in $BUILD $TEST; do
@@ -37,6 +42,19 @@ if [ -n "$missing" ]; then
     echo "postfix postfix/mailname string mxgate.test" | debconf-set-selections
     # shellcheck disable=SC2086
     apt-get install -y -q --no-install-recommends $missing
+    case "$missing " in
+    *" prometheus "*)
+        # The package's postinst starts a Prometheus server wherever
+        # services may start (no policy-rc.d saying no). Only promtool is
+        # wanted: stop the server this install started and keep it off.
+        if [ -d /run/systemd/system ]; then
+            systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+        elif [ -x /etc/init.d/prometheus ]; then
+            /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+            update-rc.d prometheus disable >/dev/null 2>&1 || true
+        fi
+        ;;
+    esac
 fi
 
 # Debian's postfix package may start a system instance on port 25; the

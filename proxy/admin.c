@@ -20,7 +20,10 @@
 
 #include "admin.h"
 #include "feed.h"
+#include "report.h"
+#include "trace.h"
 #include "log.h"
+#include "metrics.h"
 #include "policy.h"
 
 /* Request line and headers. */
@@ -330,6 +333,54 @@ static void get_limits(http_conn *c, const char *target)
     g_string_free(out, TRUE);
 }
 
+static void get_report(http_conn *c, const char *target)
+{
+    mx_store *st = embedded_store(c);
+    if (!st)
+        return;
+    int bad = 0;
+    g_autofree char *hours = query_param(target, "hours", &bad);
+    g_autofree char *format = query_param(target, "format", &bad);
+    mx_config *cfg = mx_server_config(c->a->srv);
+    int max = cfg->report_days * 24;
+    mx_config_unref(cfg);
+    int h = hours ? mx_report_parse_since(hours, max) : 24;
+    int fmt = mx_report_format_parse(format ? format : "text");
+    if (bad || h < 0 || fmt < 0) {
+        http_respond_printf(c, 400, "GET /v1/report?hours=1..%d&format=text|json|csv|html\n",
+                            max);
+        return;
+    }
+    GString *out = g_string_new(NULL);
+    mx_report_produce(out, st, h, (mx_report_format)fmt, (int64_t)time(NULL));
+    http_respond_len(c, 200, out->str, out->len);
+    g_string_free(out, TRUE);
+}
+
+static void get_explain(http_conn *c, const char *target)
+{
+    mx_store *st = embedded_store(c);
+    if (!st)
+        return;
+    int bad = 0;
+    g_autofree char *id = query_param(target, "id", &bad);
+    g_autofree char *format = query_param(target, "format", &bad);
+    if (bad || !id || (format && strcmp(format, "json") != 0 && strcmp(format, "text") != 0)) {
+        http_respond(c, 400, "GET /v1/explain?id=ID&format=text|json\n");
+        return;
+    }
+    GString *out = g_string_new(NULL);
+    char *err = NULL;
+    int r = mx_trace_explain(out, st, id, format && format[0] == 'j', (int64_t)time(NULL), &err);
+    if (r < 0) {
+        http_respond_printf(c, r == -1 ? 404 : 503, "%s\n", err);
+        g_free(err);
+    } else {
+        http_respond_len(c, 200, out->str, out->len);
+    }
+    g_string_free(out, TRUE);
+}
+
 static void feed_finish(http_conn *c)
 {
     ev_idle_stop(c->a->loop, &c->work);
@@ -443,6 +494,16 @@ static void handle_v1(http_conn *c, const char *method, const char *target)
             get_limits(c, target);
         else
             http_respond(c, 405, "GET /v1/limits\n");
+    } else if (plen == 10 && strncmp(target, "/v1/report", 10) == 0) {
+        if (get)
+            get_report(c, target);
+        else
+            http_respond(c, 405, "GET /v1/report\n");
+    } else if (plen == 11 && strncmp(target, "/v1/explain", 11) == 0) {
+        if (get)
+            get_explain(c, target);
+        else
+            http_respond(c, 405, "GET /v1/explain\n");
     } else if (plen == 8 && strncmp(target, "/v1/feed", 8) == 0) {
         if (post)
             post_feed(c, target);
@@ -451,6 +512,90 @@ static void handle_v1(http_conn *c, const char *method, const char *target)
     } else {
         http_respond(c, 404, "not found\n");
     }
+}
+
+/* ---- GET /metrics: Prometheus text format 0.0.4 ---- */
+
+static void family(GString *out, const char *name, const char *type, const char *help)
+{
+    g_string_append_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* A label value as the text format wants it: \\, \" and \n escaped. */
+static void label_value(GString *out, const char *v)
+{
+    for (; *v; v++) {
+        if (*v == '\\' || *v == '"')
+            g_string_append_c(out, '\\');
+        if (*v == '\n')
+            g_string_append(out, "\\n");
+        else
+            g_string_append_c(out, *v);
+    }
+}
+
+static void scanner_metrics(mx_server *srv, GString *m)
+{
+    mx_clam_status cs;
+    mx_clam_get_status(srv->clam, &cs);
+    family(m, "mxgate_scanner_up", "gauge",
+           "1 when the temp dir is usable and the last EICAR canary was detected.");
+    g_string_append_printf(m, "mxgate_scanner_up %d\n", cs.healthy);
+    family(m, "mxgate_scanner_info", "gauge", "The engine and signature version in use; always 1.");
+    g_string_append(m, "mxgate_scanner_info{engine=\"");
+    label_value(m, cs.engine);
+    g_string_append(m, "\",db_version=\"");
+    label_value(m, cs.db_version);
+    g_string_append(m, "\"} 1\n");
+    family(m, "mxgate_scanner_signatures", "gauge", "Signatures loaded in the engine in use.");
+    g_string_append_printf(m, "mxgate_scanner_signatures %u\n", cs.signatures);
+    family(m, "mxgate_scanner_loaded_timestamp_seconds", "gauge",
+           "When the engine in use was loaded, in seconds since the epoch.");
+    g_string_append_printf(m, "mxgate_scanner_loaded_timestamp_seconds %lld\n",
+                           (long long)cs.loaded_at);
+    family(m, "mxgate_scans_total", "counter", "Messages scanned, by verdict.");
+    g_string_append_printf(m,
+                           "mxgate_scans_total{verdict=\"clean\"} %llu\n"
+                           "mxgate_scans_total{verdict=\"infected\"} %llu\n"
+                           "mxgate_scans_total{verdict=\"error\"} %llu\n",
+                           (unsigned long long)cs.clean, (unsigned long long)cs.infected,
+                           (unsigned long long)cs.errors);
+    family(m, "mxgate_scanner_reloads_total", "counter", "Signature reloads, by result.");
+    g_string_append_printf(m,
+                           "mxgate_scanner_reloads_total{result=\"ok\"} %llu\n"
+                           "mxgate_scanner_reloads_total{result=\"failed\"} %llu\n",
+                           (unsigned long long)cs.reloads, (unsigned long long)cs.reload_failures);
+    family(m, "mxgate_scanner_canaries_total", "counter", "EICAR canary scans, by result.");
+    g_string_append_printf(m,
+                           "mxgate_scanner_canaries_total{result=\"detected\"} %llu\n"
+                           "mxgate_scanner_canaries_total{result=\"failed\"} %llu\n",
+                           (unsigned long long)(cs.canaries - cs.canary_failures),
+                           (unsigned long long)cs.canary_failures);
+    family(m, "mxgate_scan_queue", "gauge", "Scans queued or running.");
+    g_string_append_printf(m, "mxgate_scan_queue %d\n",
+                           srv->scan_pool ? mx_offload_pending(srv->scan_pool) : 0);
+}
+
+static void render_metrics(mx_server *srv, GString *m)
+{
+    family(m, "mxgate_build_info", "gauge", "The version of mxgate running; always 1.");
+    g_string_append(m, "mxgate_build_info{version=\"");
+    label_value(m, MX_VERSION);
+    g_string_append(m, "\"} 1\n");
+    family(m, "mxgate_sessions", "gauge", "Client SMTP sessions open now.");
+    g_string_append_printf(m, "mxgate_sessions %d\n", atomic_load(&srv->sessions));
+    family(m, "mxgate_backend_up", "gauge",
+           "1 when some backend server answered the last health probe with 220.");
+    g_string_append_printf(m, "mxgate_backend_up %d\n", atomic_load(&srv->backend_up));
+    family(m, "mxgate_draining", "gauge", "1 once the node stopped accepting connections.");
+    g_string_append_printf(m, "mxgate_draining %d\n", atomic_load(&srv->draining));
+    family(m, "mxgate_spool_bytes", "gauge", "Message bytes held in memory by open transactions.");
+    g_string_append_printf(m, "mxgate_spool_bytes %lld\n", (long long)atomic_load(&srv->spool.used));
+    mx_metrics_render(m);
+    if (srv->policy)
+        mx_policy_metrics(srv->policy, m);
+    if (srv->clam)
+        scanner_metrics(srv, m);
 }
 
 static void handle_request(http_conn *c, const char *method, const char *target)
@@ -474,57 +619,9 @@ static void handle_request(http_conn *c, const char *method, const char *target)
         return;
     }
     if (g_str_has_prefix(c->req, "GET /metrics ")) {
-        g_autofree char *body = g_strdup_printf(
-            "# TYPE mxgate_sessions gauge\nmxgate_sessions %d\n"
-            "# TYPE mxgate_messages_total counter\n"
-            "mxgate_messages_total{outcome=\"accepted\"} %llu\n"
-            "mxgate_messages_total{outcome=\"rejected\"} %llu\n"
-            "mxgate_messages_total{outcome=\"tempfail\"} %llu\n"
-            "# TYPE mxgate_backend_up gauge\nmxgate_backend_up %d\n"
-            "# TYPE mxgate_draining gauge\nmxgate_draining %d\n"
-            "# TYPE mxgate_spool_bytes gauge\nmxgate_spool_bytes %lld\n",
-            atomic_load(&srv->sessions),
-            (unsigned long long)atomic_load(&srv->messages_accepted),
-            (unsigned long long)atomic_load(&srv->messages_rejected),
-            (unsigned long long)atomic_load(&srv->messages_tempfailed),
-            atomic_load(&srv->backend_up), atomic_load(&srv->draining),
-            (long long)atomic_load(&srv->spool.used));
-        GString *m = g_string_new(body);
-        if (srv->policy)
-            mx_policy_metrics(srv->policy, m);
-        if (srv->clam) {
-            mx_clam_status cs;
-            mx_clam_get_status(srv->clam, &cs);
-            g_string_append_printf(
-                m,
-                "# HELP mxgate_scanner_up 1 when the temp dir is usable and the last EICAR canary was detected.\n"
-                "# TYPE mxgate_scanner_up gauge\nmxgate_scanner_up %d\n"
-                "# HELP mxgate_scanner_info The engine and signature version in use.\n"
-                "# TYPE mxgate_scanner_info gauge\n"
-                "mxgate_scanner_info{engine=\"%s\",db_version=\"%s\"} 1\n"
-                "# TYPE mxgate_scanner_signatures gauge\nmxgate_scanner_signatures %u\n"
-                "# TYPE mxgate_scanner_loaded_timestamp_seconds gauge\n"
-                "mxgate_scanner_loaded_timestamp_seconds %lld\n"
-                "# TYPE mxgate_scans_total counter\n"
-                "mxgate_scans_total{verdict=\"clean\"} %llu\n"
-                "mxgate_scans_total{verdict=\"infected\"} %llu\n"
-                "mxgate_scans_total{verdict=\"error\"} %llu\n"
-                "# TYPE mxgate_scanner_reloads_total counter\n"
-                "mxgate_scanner_reloads_total{result=\"ok\"} %llu\n"
-                "mxgate_scanner_reloads_total{result=\"failed\"} %llu\n"
-                "# TYPE mxgate_scanner_canaries_total counter\n"
-                "mxgate_scanner_canaries_total{result=\"detected\"} %llu\n"
-                "mxgate_scanner_canaries_total{result=\"failed\"} %llu\n"
-                "# TYPE mxgate_scan_queue gauge\nmxgate_scan_queue %d\n",
-                cs.healthy, cs.engine, cs.db_version, cs.signatures, (long long)cs.loaded_at,
-                (unsigned long long)cs.clean, (unsigned long long)cs.infected,
-                (unsigned long long)cs.errors, (unsigned long long)cs.reloads,
-                (unsigned long long)cs.reload_failures,
-                (unsigned long long)(cs.canaries - cs.canary_failures),
-                (unsigned long long)cs.canary_failures,
-                srv->scan_pool ? mx_offload_pending(srv->scan_pool) : 0);
-        }
-        http_respond(c, 200, m->str);
+        GString *m = g_string_new(NULL);
+        render_metrics(srv, m);
+        http_respond_len(c, 200, m->str, m->len);
         g_string_free(m, TRUE);
         return;
     }

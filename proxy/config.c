@@ -212,6 +212,21 @@ static const option options[] = {
      "seconds a sender's first/last seen times and message counters outlive its last "
      "activity (mxgatectl rep get); 0 = keep none"},
 
+    {"domains", "local", OPT_STR, O(local_domains), "", 0, 0, NULL,
+     "the domains this organisation receives mail for (spaces, commas or ';' between "
+     "them; \".example.org\" matches its subdomains); mail from outside to any other "
+     "domain is refused (550 5.7.1); empty = every domain counts as local and the backend "
+     "alone judges relaying"},
+    {"networks", "internal", OPT_STR, O(internal_networks), "", 0, 0, NULL,
+     "ADDR or ADDR/BITS of the internal MTAs that send outbound mail through mxgate "
+     "(the real client address, from PROXY or the connection)"},
+
+    {"report", "days", OPT_INT, O(report_days), "35", 1, 3660, NULL,
+     "days the cluster-wide hourly counters of mxgatectl report are kept"},
+    {"report", "trace_ttl", OPT_INT, O(report_trace_ttl), "259200", 0, 31536000, NULL,
+     "seconds each transaction's decision record (mxgatectl explain ID) is kept; 0 = none "
+     "(memcached may evict records sooner when it runs out of memory)"},
+
     {"admin", "listen", OPT_STR, O(admin_listen), "127.0.0.1:8025", 0, 0, NULL,
      "ADDR:PORT of the HTTP endpoint for /health; empty = off"},
 
@@ -445,9 +460,10 @@ static int derive_backends(mx_config *c, char **err)
     return rc;
 }
 
-static int derive_nets(mx_config *c, char **err)
+/* A list of ADDR or ADDR/BITS separated by spaces, commas or ';'. */
+static int parse_nets(const char *what, const char *list, mx_net **out, int *nout, char **err)
 {
-    g_auto(GStrv) items = g_strsplit_set(c->proxy_protocol_from, "; ", -1);
+    g_auto(GStrv) items = g_strsplit_set(list, ";, ", -1);
     GArray *arr = g_array_new(FALSE, TRUE, sizeof(mx_net));
     int rc = 0;
     for (char **it = items; *it; it++) {
@@ -476,15 +492,70 @@ static int derive_nets(mx_config *c, char **err)
             rc = -1;
         }
         if (rc < 0) {
-            *err = g_strdup_printf("smtp.proxy_protocol_from: bad network \"%s\" (expected "
-                                   "ADDR or ADDR/BITS)", *it);
+            *err = g_strdup_printf("%s: bad network \"%s\" (expected ADDR or ADDR/BITS)", what,
+                                   *it);
             break;
         }
         g_array_append_val(arr, n);
     }
-    c->nproxy_nets = (int)arr->len;
-    c->proxy_nets = (mx_net *)g_array_free(arr, FALSE);
+    *nout = (int)arr->len;
+    *out = (mx_net *)g_array_free(arr, FALSE);
     return rc;
+}
+
+static int derive_nets(mx_config *c, char **err)
+{
+    if (parse_nets("smtp.proxy_protocol_from", c->proxy_protocol_from, &c->proxy_nets,
+                   &c->nproxy_nets, err) < 0)
+        return -1;
+    if (parse_nets("networks.internal", c->internal_networks, &c->internal_nets,
+                   &c->ninternal_nets, err) < 0)
+        return -1;
+    /* local domains: lowercase, without a trailing dot */
+    g_auto(GStrv) items = g_strsplit_set(c->local_domains, ";, \t", -1);
+    GPtrArray *doms = g_ptr_array_new();
+    for (char **it = items; *it; it++) {
+        if (!**it)
+            continue;
+        char *d = g_utf8_strdown(*it, -1);
+        size_t n = strlen(d);
+        if (n && d[n - 1] == '.')
+            d[n - 1] = 0;
+        if (!*d || strchr(d, '@') || !g_utf8_validate(d, -1, NULL) || strcmp(d, ".") == 0) {
+            *err = g_strdup_printf("domains.local: bad domain \"%s\"", *it);
+            g_free(d);
+            g_ptr_array_free(doms, TRUE);
+            return -1;
+        }
+        g_ptr_array_add(doms, d);
+    }
+    g_ptr_array_add(doms, NULL);
+    c->local_list = (char **)g_ptr_array_free(doms, FALSE);
+    return 0;
+}
+
+int mx_config_domain_is_local(const mx_config *c, const char *domain)
+{
+    if (!c->local_list || !c->local_list[0])
+        return 1; /* none configured: every domain is the backend's to judge */
+    if (!domain || !*domain)
+        return 1; /* RCPT TO:<postmaster> */
+    g_autofree char *d = g_utf8_strdown(domain, -1);
+    size_t dn = strlen(d);
+    if (dn && d[dn - 1] == '.')
+        d[--dn] = 0;
+    for (char **l = c->local_list; *l; l++) {
+        const char *e = *l;
+        if (e[0] == '.') {
+            /* ".example.org": every subdomain (not example.org itself) */
+            size_t en = strlen(e);
+            if (dn > en && strcmp(d + dn - en, e) == 0)
+                return 1;
+        } else if (strcmp(d, e) == 0) {
+            return 1;
+        }
+    }
+    return 0;
 }
 
 int mx_config_net_match(const mx_net *nets, int n, const struct sockaddr_storage *sa)
@@ -826,6 +897,8 @@ void mx_config_unref(mx_config *c)
     g_free(c->backends);
     g_free(c->admin.text);
     g_free(c->proxy_nets);
+    g_free(c->internal_nets);
+    g_strfreev(c->local_list);
     mx_tls_free(c->tls_server);
     mx_tls_free(c->tls_client);
     g_free(c->source_file);

@@ -137,6 +137,14 @@ typedef struct mx_config {
     int rep_decay;
     int rep_history;
 
+    /* [domains], [networks] */
+    char *local_domains;
+    char *internal_networks;
+
+    /* [report] */
+    int report_days;
+    int report_trace_ttl;
+
     /* [admin] */
     char *admin_listen;
 
@@ -151,6 +159,9 @@ typedef struct mx_config {
     mx_addr admin;     /* admin.len == 0: disabled */
     mx_net *proxy_nets; /* smtp.proxy_protocol_from */
     int nproxy_nets;
+    mx_net *internal_nets; /* networks.internal */
+    int ninternal_nets;
+    char **local_list;  /* domains.local, lowercased; NULL-terminated */
     struct mx_tls *tls_server; /* NULL: no certificate configured */
     struct mx_tls *tls_client; /* NULL: backend.starttls = none */
     char *source_file; /* NULL when running on embedded defaults */
@@ -171,6 +182,9 @@ void mx_config_unref(mx_config *c);
 
 /* Print every option as "section.key = default  # doc" (for --options). */
 void mx_config_dump_options(FILE *out);
+
+/* Is domain one of domains.local (or is that list empty)? */
+int mx_config_domain_is_local(const mx_config *c, const char *domain);
 
 /* Is the address in one of the networks? */
 int mx_config_net_match(const mx_net *nets, int n, const struct sockaddr_storage *sa);

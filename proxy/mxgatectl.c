@@ -5,6 +5,8 @@
  *   mxgatectl [-c FILE] [-o section.key=value ...] rep get|set|add|del|block|allow ...
  *   mxgatectl [-c FILE] feed [--format text|protobuf] [--threads N] [FILE|-]
  *   mxgatectl [-c FILE] limits KEY
+ *   mxgatectl [-c FILE] report [--since 24h|7d] [--format text|json|csv|html]
+ *   mxgatectl [-c FILE] explain ID [--format text|json]
  *
  * Where the store is: with cluster.memcached set, mxgatectl talks to
  * memcached itself, with the cluster key (the same store a node builds,
@@ -37,6 +39,8 @@
 #include "config.h"
 #include "feed.h"
 #include "log.h"
+#include "report.h"
+#include "trace.h"
 #include "policy.h"
 #include "ratelimit.h"
 #include "reputation.h"
@@ -61,6 +65,8 @@ static const char usage_text[] =
     "  rep del KIND VALUE\n"
     "  feed [--format text|protobuf] [--threads N] [FILE|-]\n"
     "  limits KEY\n"
+    "  report [--since 24h|7d|HOURS] [--format text|json|csv|html]\n"
+    "  explain ID [--format text|json] [--json]\n"
     "\n"
     "KIND is ip, net, domain or sender; a net is ADDR/16 or /24 (IPv6: /48 or /64).\n"
     "SCORE is an integer from -1000000 to 1000000 (negative is bad). --ttl S makes\n"
@@ -76,6 +82,12 @@ static const char usage_text[] =
     "limits KEY shows the counters of every rule that counts KEY: an IP address\n"
     "(client_ip, client_net), an address (sender, recipient and their domains) or\n"
     "a domain (sender_domain, recipient_domain); helo rules count any KEY.\n"
+    "\n"
+    "report shows the mail the cluster handled (default: the last 24 hours), by\n"
+    "direction (inbound, outbound, internal, relay-denied) and outcome, in\n"
+    "messages and in recipients, with a timeline by hour. html is a page of its\n"
+    "own (no scripts, nothing fetched). explain ID prints the decision record of\n"
+    "a transaction: ID is the one in a reply's \"[id ...]\" or a log line's trace=.\n"
     "\n"
     "With cluster.memcached set, mxgatectl uses memcached directly (cluster.key_file\n"
     "must be readable); otherwise it asks the node at admin.listen.\n"
@@ -103,6 +115,7 @@ typedef struct opts {
     const char *flag;       /* "block", "allow" or NULL */
     const char *reason;
     const char *format;
+    const char *since;
     int threads;
     GPtrArray *args;        /* positionals */
 } opts;
@@ -154,6 +167,10 @@ static void parse_args(int argc, char **argv, opts *o)
             o->reason = opt_value(argc, argv, &i, "--reason");
         } else if (is_opt(a, "--format")) {
             o->format = opt_value(argc, argv, &i, "--format");
+        } else if (strcmp(a, "--json") == 0) {
+            o->format = "json";
+        } else if (is_opt(a, "--since")) {
+            o->since = opt_value(argc, argv, &i, "--since");
         } else if (is_opt(a, "--threads")) {
             const char *v = opt_value(argc, argv, &i, "--threads");
             guint64 n;
@@ -208,6 +225,17 @@ static int open_store(ctl *c, char **err)
             s->sin6_addr = in6addr_loopback;
     }
     return 0;
+}
+
+/* open_store, saying why it failed: 0, or the exit status 2. */
+static int open_store_or_say(ctl *c)
+{
+    char *err = NULL;
+    if (open_store(c, &err) == 0)
+        return 0;
+    fprintf(stderr, "mxgatectl: %s\n", err);
+    g_free(err);
+    return 2;
 }
 
 /* ---- HTTP to the node ---- */
@@ -410,6 +438,22 @@ static int cmd_rep(ctl *c, opts *o)
     return rc;
 }
 
+/* What the node answered to GET target, on stdout (200) or stderr. */
+static int ask_node(ctl *c, GString *q)
+{
+    char *err = NULL;
+    http_reply hr;
+    int rc = http_call(c, "GET", q->str, NULL, 0, &hr, &err);
+    if (rc < 0) {
+        fprintf(stderr, "mxgatectl: %s\n", err);
+        g_free(err);
+        return 1;
+    }
+    fwrite(hr.body, 1, hr.len, hr.status == 200 ? stdout : stderr);
+    g_free(hr.body);
+    return hr.status == 200 ? 0 : 1;
+}
+
 /* ---- limits ---- */
 
 static int cmd_limits(ctl *c, opts *o)
@@ -421,12 +465,8 @@ static int cmd_limits(ctl *c, opts *o)
     if (o->ttl || o->flag || o->reason || o->format)
         die_usage("limits takes no options");
     const char *key = g_ptr_array_index(o->args, 1);
-    char *err = NULL;
-    if (open_store(c, &err) < 0) {
-        fprintf(stderr, "mxgatectl: %s\n", err);
-        g_free(err);
+    if (open_store_or_say(c))
         return 2;
-    }
     if (c->store) {
         GString *s = g_string_new(NULL);
         int n = mx_feed_describe_limits(s, c->store, c->cfg->rules, c->cfg->nrules, key,
@@ -437,17 +477,78 @@ static int cmd_limits(ctl *c, opts *o)
     }
     GString *q = g_string_new("/v1/limits");
     query_add(q, "key", key);
-    http_reply hr;
-    int rc = http_call(c, "GET", q->str, NULL, 0, &hr, &err);
+    int rc = ask_node(c, q);
     g_string_free(q, TRUE);
-    if (rc < 0) {
-        fprintf(stderr, "mxgatectl: %s\n", err);
-        g_free(err);
-        return 1;
+    return rc;
+}
+
+/* ---- report and explain ---- */
+
+static int cmd_report(ctl *c, opts *o)
+{
+    if (o->args->len > 1)
+        die_usage("report: unexpected \"%s\"", (char *)g_ptr_array_index(o->args, 1));
+    if (o->ttl || o->flag || o->reason)
+        die_usage("report takes --since and --format");
+    int fmt = mx_report_format_parse(o->format ? o->format : "text");
+    if (fmt < 0)
+        die_usage("report: --format %s: expected text, json, csv or html", o->format);
+    int max = c->cfg->report_days * 24;
+    int hours = mx_report_parse_since(o->since ? o->since : "24h", max);
+    if (hours < 0)
+        die_usage("report: --since %s: expected HOURS, Nh or Nd, at most report.days (%d days)",
+                  o->since, c->cfg->report_days);
+    if (open_store_or_say(c))
+        return 2;
+    if (c->store) {
+        GString *out = g_string_new(NULL);
+        mx_report_produce(out, c->store, hours, (mx_report_format)fmt, (int64_t)time(NULL));
+        fwrite(out->str, 1, out->len, stdout);
+        g_string_free(out, TRUE);
+        return 0;
     }
-    fputs(hr.body, hr.status == 200 ? stdout : stderr);
-    g_free(hr.body);
-    return hr.status == 200 ? 0 : 1;
+    GString *q = g_string_new("/v1/report");
+    g_autofree char *h = g_strdup_printf("%d", hours);
+    query_add(q, "hours", h);
+    query_add(q, "format", o->format ? o->format : "text");
+    int rc = ask_node(c, q);
+    g_string_free(q, TRUE);
+    return rc;
+}
+
+static int cmd_explain(ctl *c, opts *o)
+{
+    if (o->args->len < 2)
+        die_usage("explain: ID missing (from a reply's \"[id ...]\" or a log line's trace=)");
+    if (o->args->len > 2)
+        die_usage("explain: unexpected \"%s\"", (char *)g_ptr_array_index(o->args, 2));
+    if (o->ttl || o->flag || o->reason || o->since)
+        die_usage("explain takes --format text|json");
+    const char *fmt = o->format ? o->format : "text";
+    if (strcmp(fmt, "text") != 0 && strcmp(fmt, "json") != 0)
+        die_usage("explain: --format %s: expected text or json", fmt);
+    const char *id = g_ptr_array_index(o->args, 1);
+    if (open_store_or_say(c))
+        return 2;
+    if (c->store) {
+        GString *out = g_string_new(NULL);
+        char *err = NULL;
+        int r = mx_trace_explain(out, c->store, id, fmt[0] == 'j', (int64_t)time(NULL), &err);
+        if (r < 0) {
+            fprintf(stderr, "mxgatectl: %s\n", err);
+            g_free(err);
+        } else {
+            fwrite(out->str, 1, out->len, stdout);
+        }
+        g_string_free(out, TRUE);
+        return r < 0 ? 1 : 0;
+    }
+    GString *q = g_string_new("/v1/explain");
+    query_add(q, "id", id);
+    query_add(q, "format", fmt);
+    int rc = ask_node(c, q);
+    g_string_free(q, TRUE);
+    return rc;
 }
 
 /* ---- feed ---- */
@@ -771,13 +872,16 @@ int main(int argc, char **argv)
 {
     opts o = {0};
     parse_args(argc, argv, &o);
+    static const char *const commands[] = {"rep", "feed", "limits", "report", "explain", NULL};
     if (o.args->len == 0)
-        die_usage("a command is needed: rep, feed or limits");
+        die_usage("a command is needed: rep, feed, limits, report or explain");
     const char *cmd = g_ptr_array_index(o.args, 0);
-    if (strcmp(cmd, "rep") != 0 && strcmp(cmd, "feed") != 0 && strcmp(cmd, "limits") != 0)
-        die_usage("unknown command \"%s\": rep, feed or limits", cmd);
+    if (!g_strv_contains(commands, cmd))
+        die_usage("unknown command \"%s\": rep, feed, limits, report or explain", cmd);
     if (strcmp(cmd, "feed") != 0 && o.threads)
         die_usage("--threads is for feed");
+    if (strcmp(cmd, "report") != 0 && o.since)
+        die_usage("--since is for report");
 
     mx_log_set_level(MX_LOG_WARNING);
     char *err = NULL;
@@ -793,6 +897,10 @@ int main(int argc, char **argv)
         rc = cmd_rep(&c, &o);
     else if (strcmp(cmd, "feed") == 0)
         rc = cmd_feed(&c, &o);
+    else if (strcmp(cmd, "report") == 0)
+        rc = cmd_report(&c, &o);
+    else if (strcmp(cmd, "explain") == 0)
+        rc = cmd_explain(&c, &o);
     else
         rc = cmd_limits(&c, &o);
     fflush(stdout);

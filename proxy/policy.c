@@ -7,6 +7,9 @@
 
 #include "log.h"
 #include "policy.h"
+#include "account.h"
+#include "metrics.h"
+#include "trace.h"
 #include "ratelimit.h"
 #include "reputation.h"
 #include "session_int.h"
@@ -20,11 +23,32 @@ struct mx_policy {
     int history;        /* reputation.history at start */
     int poll_ms;
     int rep_enabled;
+    int report_ttl;     /* report.days at start, in seconds */
+    mx_report_tally *tally;
+    GMutex trace_lock;
+    GPtrArray *traces;  /* pending_trace: waiting for the poller */
+    atomic_uint_fast64_t traces_dropped, counts_lost;
     GThread *thread;
     GMutex lock;
     GCond cond;
     int stop;
 };
+
+typedef struct pending_trace {
+    char *key;
+    GBytes *rec;
+    int ttl;
+} pending_trace;
+
+#define TRACES_PENDING_MAX 20000
+
+static void pending_trace_free(gpointer p)
+{
+    pending_trace *t = p;
+    g_free(t->key);
+    g_bytes_unref(t->rec);
+    g_free(t);
+}
 
 static void store_log(int level, const char *event, const char *msg)
 {
@@ -63,6 +87,10 @@ mx_policy *mx_policy_new(const mx_config *cfg, char **err)
     g_cond_init(&p->cond);
     p->decay = cfg->rep_decay;
     p->history = cfg->rep_history;
+    p->report_ttl = cfg->report_days * 86400;
+    p->tally = mx_report_tally_new();
+    g_mutex_init(&p->trace_lock);
+    p->traces = g_ptr_array_new_with_free_func(pending_trace_free);
     p->poll_ms = cfg->cluster_generation_poll;
     p->rep_enabled = cfg->rep_enabled;
     p->local = mx_store_embedded_new(NULL);
@@ -97,6 +125,66 @@ mx_policy *mx_policy_new(const mx_config *cfg, char **err)
     return p;
 }
 
+void mx_policy_account(mx_policy *p, int64_t now, mx_direction d, mx_outcome o, int unit,
+                       uint64_t n)
+{
+    mx_report_tally_add(p->tally, now, d, o, unit, n);
+}
+
+void mx_policy_keep_trace(mx_policy *p, const char *id, GBytes *record, int ttl)
+{
+    g_mutex_lock(&p->trace_lock);
+    if (p->traces->len < TRACES_PENDING_MAX) {
+        pending_trace *t = g_new0(pending_trace, 1);
+        t->key = mx_trace_key(id);
+        t->rec = g_bytes_ref(record);
+        t->ttl = ttl;
+        g_ptr_array_add(p->traces, t);
+    } else {
+        atomic_fetch_add(&p->traces_dropped, 1);
+    }
+    g_mutex_unlock(&p->trace_lock);
+}
+
+static void flush_traces(mx_policy *p)
+{
+    g_mutex_lock(&p->trace_lock);
+    GPtrArray *batch = p->traces;
+    p->traces = g_ptr_array_new_with_free_func(pending_trace_free);
+    g_mutex_unlock(&p->trace_lock);
+    if (batch->len) {
+        mx_store_write *w = g_new0(mx_store_write, batch->len);
+        mx_store_rc *rcs = g_new(mx_store_rc, batch->len);
+        for (guint i = 0; i < batch->len; i++) {
+            pending_trace *t = batch->pdata[i];
+            w[i] = (mx_store_write){.op = MX_STORE_W_SET, .key = t->key, .val = t->rec,
+                                    .ttl = t->ttl};
+        }
+        mx_store_write_many(p->store, w, batch->len, rcs);
+        for (guint i = 0; i < batch->len; i++)
+            if (rcs[i] != MX_STORE_OK)
+                atomic_fetch_add(&p->traces_dropped, 1);
+        g_free(w);
+        g_free(rcs);
+    }
+    g_ptr_array_free(batch, TRUE);
+}
+
+/* What nodes write in batches, about once a second: reputation credits
+ * and history, report counters, decision records. */
+static void flush_all(mx_policy *p)
+{
+    mx_rep_cache_flush(p->cache, p->store, (int64_t)time(NULL), p->decay, p->history);
+    uint64_t lost = mx_report_tally_flush(p->tally, p->store, p->report_ttl);
+    if (lost) {
+        atomic_fetch_add(&p->counts_lost, lost);
+        mx_log_msg(MX_LOG_WARNING, "report_counts_lost",
+                   "%llu report counts could not be written to the store",
+                   (unsigned long long)lost);
+    }
+    flush_traces(p);
+}
+
 static gpointer poller(gpointer data)
 {
     mx_policy *p = data;
@@ -110,7 +198,7 @@ static gpointer poller(gpointer data)
         g_mutex_unlock(&p->lock);
         if (mx_rep_cache_poll(p->cache, p->store))
             mx_log_msg(MX_LOG_DEBUG, "reputation_generation", "feed changed; cache emptied");
-        mx_rep_cache_flush(p->cache, p->store, (int64_t)time(NULL), p->decay, p->history);
+        flush_all(p);
         g_mutex_lock(&p->lock);
     }
     g_mutex_unlock(&p->lock);
@@ -132,13 +220,17 @@ void mx_policy_free(mx_policy *p)
         g_cond_signal(&p->cond);
         g_mutex_unlock(&p->lock);
         g_thread_join(p->thread);
-        mx_rep_cache_flush(p->cache, p->store, (int64_t)time(NULL), p->decay, p->history);
+        flush_all(p);
     }
     if (p->store)
         mx_store_free(p->store);
     if (p->local)
         mx_store_free(p->local);
     mx_rep_cache_free(p->cache);
+    mx_report_tally_free(p->tally);
+    if (p->traces)
+        g_ptr_array_free(p->traces, TRUE);
+    g_mutex_clear(&p->trace_lock);
     g_mutex_clear(&p->lock);
     g_cond_clear(&p->cond);
     g_free(p);
@@ -156,6 +248,8 @@ typedef struct pol_job {
     mx_pol_stage stage;
     char *ip, *helo, *from, *rcpt;
     char sid[17];
+    char tid[32];       /* the trace id, for log lines */
+    mx_trace *trace;    /* the record rules and reads are added to */
     uint64_t amount;
     int64_t lease;      /* out: the concurrency lease period taken; -1 none */
     int allowed;        /* in: already allow-listed; out: allow-listed now */
@@ -163,19 +257,24 @@ typedef struct pol_job {
     mx_pol_result res;
 } pol_job;
 
-static void refuse(pol_job *j, mx_reply_id id, int close, const char *fmt, ...)
-    G_GNUC_PRINTF(4, 5);
-static void refuse(pol_job *j, mx_reply_id id, int close, const char *fmt, ...)
+static const char *const stage_names[] = {"connect", "mail", "rcpt", "data"};
+
+static void refuse(pol_job *j, mx_reply_id id, int close, mx_outcome o, const char *fmt, ...)
+    G_GNUC_PRINTF(5, 6);
+static void refuse(pol_job *j, mx_reply_id id, int close, mx_outcome o, const char *fmt, ...)
 {
     j->res.refuse = 1;
     j->res.close = close;
     j->res.reply = id;
-    snprintf(j->res.arg, sizeof(j->res.arg), "[id %s]", j->sid);
+    j->res.outcome = o;
+    j->res.arg[0] = 0;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(j->res.why, sizeof(j->res.why), fmt, ap);
     va_end(ap);
 }
+
+static int needs_store(pol_job *j);
 
 typedef struct rep_read {
     mx_rep_kind kind;
@@ -208,14 +307,16 @@ static int check_reputation(pol_job *j, int may_block, int64_t now)
         }
     }
     mx_rep got[6];
+    int from_cache[6];
     int rc = 0;
     for (int i = 0; i < n; i++) {
-        int cached = 0;
+        int cached = 1;
         if (!may_block) {
             if (!mx_rep_cache_peek(j->p->cache, r[i].kind, r[i].value, now, &got[i])) {
                 rc = -1;
                 goto out;
             }
+            from_cache[i] = 1;
             continue;
         }
         if (mx_rep_lookup(j->p->cache, j->p->store, r[i].kind, r[i].value, now, j->p->decay,
@@ -225,7 +326,10 @@ static int check_reputation(pol_job *j, int may_block, int64_t now)
             mx_log_msg(MX_LOG_DEBUG, "reputation_unavailable", "sid=%s %s:%s", j->sid,
                        mx_rep_kind_name(r[i].kind), r[i].value);
             memset(&got[i], 0, sizeof(got[i]));
+            g_strlcpy(got[i].source, "store unavailable", sizeof(got[i].source));
+            got[i].read_at = now;
         }
+        from_cache[i] = cached;
     }
     for (int i = 0; i < n; i++) {
         if (got[i].allow) {
@@ -240,7 +344,7 @@ static int check_reputation(pol_job *j, int may_block, int64_t now)
         const char *kind = mx_rep_kind_name(r[i].kind);
         if (got[i].block) {
             refuse(j, connect ? MX_R_REP_CONNECT : MX_R_REP_MAIL, connect,
-                   "reputation %s:%s blocked (%s%s%s)", kind, r[i].value,
+                   MX_OUT_REJECTED_REPUTATION, "reputation %s:%s blocked (%s%s%s)", kind, r[i].value,
                    got[i].source[0] ? got[i].source : "feed", got[i].reason[0] ? ": " : "",
                    got[i].reason);
             rc = 1;
@@ -249,18 +353,29 @@ static int check_reputation(pol_job *j, int may_block, int64_t now)
         int limit = connect ? j->cfg->rep_connect_reject : j->cfg->rep_mail_reject;
         if (total <= limit) {
             refuse(j, connect ? MX_R_REP_CONNECT : MX_R_REP_MAIL, connect,
-                   "reputation %s:%s score %d <= %d", kind, r[i].value, total, limit);
+                   MX_OUT_REJECTED_REPUTATION, "reputation %s:%s score %d <= %d", kind, r[i].value, total, limit);
             rc = 1;
             goto out;
         }
         if (!connect && total <= j->cfg->rep_tempfail) {
-            refuse(j, MX_R_REP_TEMP, 0, "reputation %s:%s score %d <= %d", kind, r[i].value,
+            refuse(j, MX_R_REP_TEMP, 0, MX_OUT_REJECTED_REPUTATION, "reputation %s:%s score %d <= %d", kind, r[i].value,
                    total, j->cfg->rep_tempfail);
             rc = 1;
             goto out;
         }
     }
 out:
+    /* every record read, into the decision record (once: a check the
+     * loop cannot finish runs again on a store thread) */
+    for (int i = 0; rc != -1 && i < n && (may_block || rc == 1 || !needs_store(j)); i++) {
+        g_autofree char *key = g_strdup_printf("%s:%s", mx_rep_kind_name(r[i].kind), r[i].value);
+        g_autofree char *src = g_strdup_printf("%s%s%s", from_cache[i] ? "cache" : "store",
+                                               got[i].source[0] ? ", set by " : "",
+                                               got[i].source);
+        mx_trace_rep(j->trace, stage_names[j->stage], key, got[i].found, mx_rep_total(&got[i]),
+                     got[i].block, got[i].allow, src,
+                     (uint64_t)(now > got[i].read_at ? now - got[i].read_at : 0));
+    }
     g_free(nets[0]);
     g_free(nets[1]);
     g_free(domain);
@@ -297,10 +412,15 @@ static int check_limits(pol_job *j, int64_t now)
         mx_rl_result res;
         uint64_t amount = j->stage == MX_POL_DATA ? j->amount : 1;
         mx_rl_hit(j->p->store, j->p->local, r, v, amount, now, &res);
+        mx_trace_rule(j->trace, stage_names[j->stage], r->name, mx_rl_key_name(r->key),
+                      mx_rl_count_name(r->count), v, res.before, res.after, r->limit,
+                      res.local ? "counted on this node only (store down)"
+                                : verdict_names[res.verdict]);
         int level = res.verdict == MX_RL_PASS && !res.local ? MX_LOG_DEBUG : MX_LOG_INFO;
         if (mx_log_enabled(level)) {
             GString *l = mx_log_begin(level, "ratelimit");
             mx_log_kv(l, "sid", j->sid);
+            mx_log_kv(l, "trace", j->tid);
             mx_log_kv(l, "rule", r->name);
             mx_log_kv(l, mx_rl_key_name(r->key), v);
             mx_log_kv(l, "count", mx_rl_count_name(r->count));
@@ -317,7 +437,8 @@ static int check_limits(pol_job *j, int64_t now)
             refuse(j,
                    connect ? (reject ? MX_R_REP_CONNECT : MX_R_RATE_CONNECT)
                            : (reject ? MX_R_RATE_REJECT : MX_R_RATE_TEMP),
-                   connect, "ratelimit %s %s=%s %s %llu > %llu (retry in %d s)", r->name,
+                   connect, MX_OUT_REJECTED_RATELIMIT,
+                   "ratelimit %s %s=%s %s %llu > %llu (retry in %d s)", r->name,
                    mx_rl_key_name(r->key), v, mx_rl_count_name(r->count),
                    (unsigned long long)res.after, (unsigned long long)r->limit, res.retry_after);
             j->res.ratelimited = 1;
@@ -326,7 +447,7 @@ static int check_limits(pol_job *j, int64_t now)
         }
         if (res.verdict == MX_RL_STORE_DOWN) {
             refuse(j, connect ? MX_R_STORE_DOWN_CONNECT : MX_R_STORE_DOWN, connect,
-                   "ratelimit %s: store unavailable and on_store_down = closed", r->name);
+                   MX_OUT_TEMPFAILED, "ratelimit %s: store unavailable and on_store_down = closed", r->name);
             g_free(v);
             return 1;
         }
@@ -368,7 +489,7 @@ static void lease_acquire(pol_job *j, int64_t now)
     g_free(kp);
     if (cur + prev > (uint64_t)j->cfg->cluster_client_concurrency) {
         mx_store_decr(j->p->store, k, 1);
-        refuse(j, MX_R_CONCURRENCY, 1, "concurrency ip %s: %llu sessions > %d", j->ip,
+        refuse(j, MX_R_CONCURRENCY, 1, MX_OUT_REJECTED_RATELIMIT, "concurrency ip %s: %llu sessions > %d", j->ip,
                (unsigned long long)(cur + prev), j->cfg->cluster_client_concurrency);
     } else {
         j->lease = p;
@@ -468,7 +589,9 @@ static void evaluate(pol_job *j, int64_t now)
 static void pol_work(mx_job *job)
 {
     pol_job *j = (pol_job *)job;
+    gint64 t0 = g_get_monotonic_time();
     evaluate(j, (int64_t)time(NULL));
+    mx_metrics_observe(MX_HIST_STORE, (double)(g_get_monotonic_time() - t0) / 1e6);
 }
 
 static void job_free(pol_job *j)
@@ -478,6 +601,7 @@ static void job_free(pol_job *j)
     g_free(j->from);
     g_free(j->rcpt);
     mx_config_unref(j->cfg);
+    mx_trace_unref(j->trace);
     g_free(j);
 }
 
@@ -535,6 +659,8 @@ void mx_policy_check(mx_session *s, mx_pol_stage stage, const char *value, uint6
     j->lease = -1;
     j->cont = cont;
     g_strlcpy(j->sid, s->sid, sizeof(j->sid));
+    g_strlcpy(j->tid, mx_acct_id(s), sizeof(j->tid));
+    j->trace = mx_trace_ref(mx_acct_trace(s));
 
     /* On the loop when the cache decides and no counter has to move. */
     int64_t now = (int64_t)time(NULL);
@@ -565,7 +691,7 @@ void mx_policy_check(mx_session *s, mx_pol_stage stage, const char *value, uint6
         /* The store pool is saturated: the same as a store that is down. */
         s->policy_wait = 0;
         refuse(j, stage == MX_POL_CONNECT ? MX_R_STORE_DOWN_CONNECT : MX_R_STORE_DOWN,
-               stage == MX_POL_CONNECT, "policy queue full");
+               stage == MX_POL_CONNECT, MX_OUT_TEMPFAILED, "policy queue full");
         mx_session_unref(s);
         cont(s, &j->res);
         job_free(j);
@@ -656,7 +782,9 @@ void mx_policy_metrics(mx_policy *p, GString *out)
     if (st) {
         g_string_append_printf(
             out,
+            "# HELP mxgate_store_errors_total Store calls that failed at the server.\n"
             "# TYPE mxgate_store_errors_total counter\nmxgate_store_errors_total %llu\n"
+            "# HELP mxgate_store_fast_failed_total Store calls refused by an open breaker.\n"
             "# TYPE mxgate_store_fast_failed_total counter\nmxgate_store_fast_failed_total %llu\n"
             "# HELP mxgate_store_bad_records_total Records that failed their HMAC and were ignored.\n"
             "# TYPE mxgate_store_bad_records_total counter\nmxgate_store_bad_records_total %llu\n",

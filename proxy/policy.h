@@ -18,6 +18,7 @@
 
 #include "config.h"
 #include "replies.h"
+#include "report.h"
 #include "store.h"
 
 typedef struct mx_policy mx_policy;
@@ -33,6 +34,7 @@ typedef struct mx_pol_result {
     char arg[128];         /* the reply's %s */
     char why[256];         /* for the log: the rule or record that decided */
     int ratelimited;       /* refused by a rate limit */
+    mx_outcome outcome;    /* refused: in the report, why */
 } mx_pol_result;
 
 typedef void (*mx_pol_cont)(struct mx_session *s, const mx_pol_result *r);
@@ -44,6 +46,15 @@ void mx_policy_start(mx_policy *p); /* the generation poller */
 void mx_policy_free(mx_policy *p);
 
 mx_store *mx_policy_store(mx_policy *p);
+
+/* Count n of unit for the report (batched: written by the poller). */
+void mx_policy_account(mx_policy *p, int64_t now, mx_direction d, mx_outcome o, int unit,
+                       uint64_t n);
+
+/* Keep a transaction's decision record under "trace:<id>" for ttl
+ * seconds (batched: written by the poller; dropped, and counted, when
+ * more than a few thousand wait). */
+void mx_policy_keep_trace(mx_policy *p, const char *id, GBytes *record, int ttl);
 
 /* Run the checks of stage for session s; cont runs on s's loop with the
  * verdict (maybe before this returns, when the cache decides). value: the

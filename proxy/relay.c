@@ -24,6 +24,7 @@
 #include <openssl/err.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "relay_int.h"
 #include "tls.h"
 
@@ -218,6 +219,10 @@ void G_GNUC_PRINTF(3, 4) mx_relay_fail(mx_relay *r, mx_relay_status st, const ch
         start_connect(r);
         return;
     }
+    mx_metrics_backend_error(st == MX_RELAY_TIMEOUT ? MX_BACKEND_ERR_TIMEOUT
+                             : st == MX_RELAY_LOST  ? MX_BACKEND_ERR_LOST
+                             : st == MX_RELAY_PROTO ? MX_BACKEND_ERR_PROTOCOL
+                                                    : MX_BACKEND_ERR_CONNECT);
     GString *l = mx_log_begin(MX_LOG_WARNING, "backend_error");
     mx_log_kv(l, "sid", r->sid);
     mx_log_kv(l, "backend", r->cfg->backends[r->server].text);

@@ -58,23 +58,24 @@ static const reply table[MX_R__COUNT] = {
     [MX_R_TLS_ACTIVE] = {503, "5.5.1", "Error: TLS already active"},
     [MX_R_TXN_IN_PROGRESS] = {503, "5.5.1", "Error: MAIL transaction in progress"},
     [MX_R_MALWARE] = {554, "5.7.1", "Message rejected: virus found: %s"},
-    [MX_R_SCAN_FAILED] = {451, "4.7.0", "Message could not be scanned for viruses, try again later %s"},
+    [MX_R_SCAN_FAILED] = {451, "4.7.0", "Message could not be scanned for viruses, try again later"},
     [MX_R_SCANNER_BUSY] = {451, "4.3.2", "Virus scanner busy, try again later"},
     [MX_R_SCANNER_DOWN] = {451, "4.7.0", "Virus scanner unavailable, try again later"},
-    [MX_R_REP_CONNECT] = {554, "5.7.1", "Service refused to your address by policy %s"},
-    [MX_R_REP_MAIL] = {550, "5.7.1", "Sender refused by policy %s"},
-    [MX_R_REP_TEMP] = {451, "4.7.1", "Sender temporarily deferred by policy, try again later %s"},
-    [MX_R_RATE_CONNECT] = {421, "4.7.0", "Too many connections from your address, try again later %s"},
-    [MX_R_RATE_TEMP] = {451, "4.7.0", "Rate limit exceeded, try again later %s"},
-    [MX_R_RATE_REJECT] = {550, "5.7.0", "Rate limit exceeded %s"},
-    [MX_R_STORE_DOWN_CONNECT] = {421, "4.3.0", "Policy store unavailable, try again later %s"},
-    [MX_R_CONCURRENCY] = {421, "4.7.0", "Too many concurrent connections from your address, try again later %s"},
-    [MX_R_STORE_DOWN] = {451, "4.3.0", "Policy store unavailable, try again later %s"},
+    [MX_R_REP_CONNECT] = {554, "5.7.1", "Service refused to your address by policy"},
+    [MX_R_REP_MAIL] = {550, "5.7.1", "Sender refused by policy"},
+    [MX_R_REP_TEMP] = {451, "4.7.1", "Sender temporarily deferred by policy, try again later"},
+    [MX_R_RATE_CONNECT] = {421, "4.7.0", "Too many connections from your address, try again later"},
+    [MX_R_RATE_TEMP] = {451, "4.7.0", "Rate limit exceeded, try again later"},
+    [MX_R_RATE_REJECT] = {550, "5.7.0", "Rate limit exceeded"},
+    [MX_R_STORE_DOWN_CONNECT] = {421, "4.3.0", "Policy store unavailable, try again later"},
+    [MX_R_CONCURRENCY] = {421, "4.7.0", "Too many concurrent connections from your address, try again later"},
+    [MX_R_STORE_DOWN] = {451, "4.3.0", "Policy store unavailable, try again later"},
+    [MX_R_RELAY_DENIED] = {550, "5.7.1", "Relay access denied: %s is not a local domain"},
 };
 
 int mx_replies_code(mx_reply_id id) { return table[id].code; }
 
-void mx_replies_format(GString *out, mx_reply_id id, const char *arg)
+void mx_replies_format(GString *out, mx_reply_id id, const char *arg, const char *trace)
 {
     const reply *r = &table[id];
     g_string_append_printf(out, "%d ", r->code);
@@ -91,6 +92,8 @@ void mx_replies_format(GString *out, mx_reply_id id, const char *arg)
     } else {
         g_string_append(out, r->text);
     }
+    if (trace && r->code >= 400)
+        g_string_append_printf(out, " [id %s]", trace);
     g_string_append(out, "\r\n");
 }
 

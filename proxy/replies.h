@@ -71,12 +71,15 @@ typedef enum {
     MX_R_STORE_DOWN_CONNECT,
     MX_R_STORE_DOWN,
     MX_R_CONCURRENCY,
+    MX_R_RELAY_DENIED,
     MX_R__COUNT
 } mx_reply_id;
 
 /* Append reply id, with its one %s filled by arg (may be NULL), as wire
- * text ending in CRLF. */
-void mx_replies_format(GString *out, mx_reply_id id, const char *arg);
+ * text ending in CRLF. A 4xx or 5xx ends with " [id TRACE]" when trace is
+ * not NULL: the id `mxgatectl explain` takes, so a sender who calls can
+ * be answered. */
+void mx_replies_format(GString *out, mx_reply_id id, const char *arg, const char *trace);
 
 /* The reply's code (for logs and outcome classes). */
 int mx_replies_code(mx_reply_id id);

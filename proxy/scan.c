@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "session_int.h"
 
 typedef struct scan_job {
@@ -54,6 +55,7 @@ static void scan_work(mx_job *job)
     j->started = g_get_monotonic_time();
     mx_scanner_chain(&j->scanner, 1, &in, &j->res);
     j->finished = g_get_monotonic_time();
+    mx_metrics_observe(MX_HIST_SCAN, (double)(j->finished - j->started) / 1e6);
 }
 
 static void scan_done(mx_job *job)

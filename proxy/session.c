@@ -25,6 +25,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "account.h"
 #include "log.h"
 #include "session.h"
 #include "session_int.h"
@@ -79,10 +80,30 @@ void mx_session_set_timer(mx_session *s, double seconds)
     }
 }
 
-/* Every reply goes through here (and reply_relayed, for the backend's). */
+/* Every reply goes through here (and reply_relayed, for the backend's).
+ * A 4xx or 5xx carries the trace id. */
 void mx_session_reply(mx_session *s, mx_reply_id id, const char *arg)
 {
-    mx_replies_format(s->out, id, arg);
+    mx_replies_format(s->out, id, arg, mx_acct_id(s));
+}
+
+char *mx_session_reply_text(mx_session *s, mx_reply_id id, const char *arg)
+{
+    GString *t = g_string_new(NULL);
+    mx_replies_format(t, id, arg, mx_acct_id(s));
+    return g_string_free(t, FALSE);
+}
+
+/* Refuse the connection before any transaction: reply, log, keep the
+ * decision record, close. */
+static void refuse_connection(mx_session *s, mx_reply_id id, const char *arg, const char *why,
+                              const char *reason)
+{
+    g_autofree char *t = mx_session_reply_text(s, id, arg);
+    g_string_append(s->out, t);
+    mx_session_log_reject(s, "connect", NULL, 0, id, why);
+    mx_acct_connection_refused(s, t, why);
+    mx_session_close_after_reply(s, reason);
 }
 
 void mx_session_reply_relayed(mx_session *s, const mx_reply *r)
@@ -115,6 +136,7 @@ void mx_session_close(mx_session *s, const char *reason)
     if (reason && !s->close_reason)
         s->close_reason = reason;
     log_disconnect(s);
+    mx_acct_free(s);
     s->phase = MX_PHASE_CLOSED;
     mx_policy_release(s);
     ev_io_stop(s->w->loop, &s->rio);
@@ -164,6 +186,7 @@ void mx_session_log_message(mx_session *s, const char *outcome, const char *repl
         return;
     GString *l = mx_log_begin(MX_LOG_INFO, "message");
     mx_log_kv(l, "sid", s->sid);
+    mx_log_kv(l, "trace", mx_acct_id(s));
     mx_log_kv(l, "client", s->addr);
     mx_log_kv(l, "helo", s->helo);
     mx_log_kv(l, "from", s->txn.from);
@@ -204,6 +227,7 @@ void mx_session_log_reject(mx_session *s, const char *what, const char *line, si
         return;
     GString *l = mx_log_begin(MX_LOG_INFO, "reject");
     mx_log_kv(l, "sid", s->sid);
+    mx_log_kv(l, "trace", mx_acct_id(s));
     mx_log_kv(l, "client", s->addr);
     mx_log_kv(l, "what", what);
     mx_log_kvi(l, "code", mx_replies_code(id));
@@ -486,10 +510,8 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
         goto out; /* parsed when the backend has answered */
     if (s->phase == MX_PHASE_GREET) {
         /* RFC 5321 3.1: the client waits for the greeting. */
-        mx_session_reply(s, MX_R_PREGREET, NULL);
-        mx_session_log_reject(s, "connect", s->in.pos, mx_buf_used(&s->in), MX_R_PREGREET, "pregreet");
         mx_policy_feedback(s, MX_FB_PREGREET);
-        mx_session_close_after_reply(s, "pregreet");
+        refuse_connection(s, MX_R_PREGREET, NULL, "pregreet", "pregreet");
         goto out;
     }
     if (s->phase == MX_PHASE_DATA || s->phase == MX_PHASE_BDAT)
@@ -515,11 +537,10 @@ static void after_connect_policy(mx_session *s, const mx_pol_result *r)
         return;
     }
     s->phase = MX_PHASE_CMD;
-    mx_session_reply(s, r->reply, r->arg);
-    mx_session_log_reject(s, "connect", NULL, 0, r->reply, r->why);
     if (r->ratelimited)
         mx_policy_feedback(s, MX_FB_RATELIMIT);
-    mx_session_close_after_reply(s, r->ratelimited ? "ratelimit" : "policy");
+    refuse_connection(s, r->reply, r->arg[0] ? r->arg : NULL, r->why,
+                      r->ratelimited ? "ratelimit" : "policy");
 }
 
 /* Reputation and connection limits decide before the banner. Meanwhile
@@ -661,10 +682,8 @@ void mx_session_begin_smtp(mx_session *s)
     char peek;
     if (!s->ssl && recv(fd, &peek, 1, MSG_PEEK | MSG_DONTWAIT) == 1) {
         s->phase = MX_PHASE_CMD;
-        mx_session_reply(s, MX_R_PREGREET, NULL);
-        mx_session_log_reject(s, "connect", NULL, 0, MX_R_PREGREET, "pregreet");
         mx_policy_feedback(s, MX_FB_PREGREET);
-        mx_session_close_after_reply(s, "pregreet");
+        refuse_connection(s, MX_R_PREGREET, NULL, "pregreet", "pregreet");
         return;
     }
     greet(s);

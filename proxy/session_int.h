@@ -40,6 +40,8 @@ typedef enum {
 
 
 
+typedef struct mx_acct mx_acct;
+
 typedef struct mx_txn {
     int active;        /* MAIL accepted by the backend */
     char *from;        /* reverse path as given, for logs */
@@ -88,10 +90,14 @@ typedef struct mx_session {
     gint64 started;
 
     mx_txn txn;     /* reset by mx_session_txn_reset() */
+    struct mx_acct *acct;   /* the open transaction's record (account.c) */
+    struct mx_trace *conn_trace; /* the connection's record, before any MAIL */
+    int ntxn;       /* transactions started: the N of trace ids SID.N */
     mx_cmd_verb pending;       /* command the backend is working on */
     mx_reply_id after_rset;    /* reply to give once a backend RSET completes;
                                   MX_R__COUNT = already given */
-    char after_rset_arg[256];  /* fits a signature name and the session id */
+    char after_rset_arg[256];  /* fits a signature name */
+    char after_rset_id[32];    /* the trace id that reply carries */
     mx_data_dec dec;
     mx_spool spool;
     uint64_t raw_bytes;        /* octets read for this message, as sent */
@@ -120,6 +126,8 @@ void mx_session_unref(mx_session *s);
 void mx_session_txn_reset(mx_session *s);
 void mx_session_set_timer(mx_session *s, double seconds);
 void mx_session_reply(mx_session *s, mx_reply_id id, const char *arg);
+/* The reply as mx_session_reply would send it (g_free it). */
+char *mx_session_reply_text(mx_session *s, mx_reply_id id, const char *arg);
 void mx_session_reply_relayed(mx_session *s, const mx_reply *r);
 void mx_session_close(mx_session *s, const char *reason);
 void mx_session_close_after_reply(mx_session *s, const char *reason);

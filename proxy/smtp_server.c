@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "account.h"
 #include "log.h"
 #include "session_int.h"
 #include "tls.h"
@@ -62,16 +63,39 @@ static mx_reply_id failure_reply(mx_relay_status st)
  * the reply was already queued). */
 static void rset_then_reply(mx_session *s, mx_reply_id id, const char *arg)
 {
+    /* arg may live in the transaction (a signature name): copy it first */
+    g_strlcpy(s->after_rset_arg, arg ? arg : "", sizeof(s->after_rset_arg));
+    arg = s->after_rset_arg[0] ? s->after_rset_arg : NULL;
     mx_session_txn_reset(s);
     if (s->relay && mx_relay_connected(s->relay)) {
         s->after_rset = id;
-        g_strlcpy(s->after_rset_arg, arg ? arg : "", sizeof(s->after_rset_arg));
+        g_strlcpy(s->after_rset_id, mx_acct_id(s), sizeof(s->after_rset_id));
         wait_backend(s, MX_CMD_RSET);
         mx_relay_rset(s->relay);
         return;
     }
     if (id != MX_R__COUNT)
         mx_session_reply(s, id, arg);
+}
+
+/* The backend refused MAIL (mail = 1) or the last RCPT, or failed: note
+ * it in the transaction's record. */
+static void backend_refused(mx_session *s, mx_relay_status st, const mx_reply *r,
+                            mx_reply_id fail_id, int mail)
+{
+    GString *t = g_string_new(NULL);
+    if (st == MX_RELAY_REPLY)
+        mx_replies_relay(t, r);
+    else
+        mx_replies_format(t, fail_id, NULL, mx_acct_id(s));
+    mx_outcome o = st == MX_RELAY_REPLY && r->code / 100 == 5 ? MX_OUT_REJECTED_BACKEND
+                                                               : MX_OUT_TEMPFAILED;
+    const char *why = st == MX_RELAY_REPLY ? "the backend's reply" : mx_relay_error(s->relay);
+    if (mail)
+        mx_acct_mail_refused(s, o, t->str, why);
+    else
+        mx_acct_rcpt_refused(s, o, t->str);
+    g_string_free(t, TRUE);
 }
 
 static void relay_done(void *owner, mx_relay_status st, const mx_reply *r)
@@ -96,21 +120,29 @@ static void relay_done(void *owner, mx_relay_status st, const mx_reply *r)
         } else {
             if (st != MX_RELAY_REPLY)
                 mx_session_log_reject(s, "mail", NULL, 0, fail_id, mx_relay_error(s->relay));
+            backend_refused(s, st, r, fail_id, 1);
             mx_session_txn_reset(s);
         }
         break;
     case MX_CMD_RCPT:
         if (st == MX_RELAY_REPLY) {
             mx_session_reply_relayed(s, r);
-            if (ok)
+            if (ok) {
                 s->txn.nrcpt++;
-            else
+                GString *t = g_string_new(NULL);
+                mx_replies_relay(t, r);
+                mx_acct_rcpt_accepted(s, t->str);
+                g_string_free(t, TRUE);
+            } else {
                 g_clear_pointer(&s->txn.first_rcpt, g_free);
+                backend_refused(s, st, r, fail_id, 0);
+            }
             if (r->code / 100 == 5)
                 mx_policy_feedback(s, MX_FB_UNKNOWN_RCPT);
         } else {
             mx_session_reply(s, fail_id, NULL);
             mx_session_log_reject(s, "rcpt", NULL, 0, fail_id, mx_relay_error(s->relay));
+            backend_refused(s, st, r, fail_id, 0);
             mx_session_txn_reset(s); /* the backend transaction is gone with the connection */
         }
         break;
@@ -122,7 +154,8 @@ static void relay_done(void *owner, mx_relay_status st, const mx_reply *r)
             s->relay = NULL;
         }
         if (s->after_rset != MX_R__COUNT)
-            mx_session_reply(s, s->after_rset, s->after_rset_arg);
+            mx_replies_format(s->out, s->after_rset, s->after_rset_arg[0] ? s->after_rset_arg : NULL,
+                              s->after_rset_id);
         break;
     case MX_CMD_DATA:
     case MX_CMD_BDAT: {
@@ -132,7 +165,7 @@ static void relay_done(void *owner, mx_relay_status st, const mx_reply *r)
             mx_replies_relay(t, r);
             outcome = ok ? "accepted" : r->code / 100 == 4 ? "tempfail" : "rejected";
         } else {
-            mx_replies_format(t, fail_id, NULL);
+            mx_replies_format(t, fail_id, NULL, mx_acct_id(s));
             outcome = "tempfail";
         }
         g_string_append_len(s->out, t->str, t->len);
@@ -141,6 +174,14 @@ static void relay_done(void *owner, mx_relay_status st, const mx_reply *r)
             mx_policy_feedback(s, MX_FB_DELIVERED);
         }
         mx_session_log_message(s, outcome, t->str);
+        if (st == MX_RELAY_REPLY)
+            mx_acct_backend_reply(s, t->str);
+        mx_acct_end(s,
+                    ok                                              ? MX_OUT_DELIVERED
+                    : st == MX_RELAY_REPLY && r->code / 100 == 5 ? MX_OUT_REJECTED_BACKEND
+                                                                    : MX_OUT_TEMPFAILED,
+                    t->str, ok ? NULL : st == MX_RELAY_REPLY ? "the backend's reply"
+                                                            : mx_relay_error(s->relay));
         g_string_free(t, TRUE);
         /* A 4xx/5xx to DATA leaves the backend in a transaction. */
         if (st == MX_RELAY_REPLY && !ok)
@@ -182,6 +223,7 @@ static char *backend_line(const char *verb, const mx_cmd *c)
 
 static void cmd_ehlo(mx_session *s, const mx_cmd *c, int esmtp)
 {
+    mx_acct_close(s);
     if (s->txn.active) {
         /* RFC 5321 4.1.4: EHLO resets the transaction. Dropping the
          * backend connection is the simplest complete reset. */
@@ -222,10 +264,17 @@ static void wait_policy(mx_session *s)
 
 static void policy_refused(mx_session *s, const char *what, const mx_pol_result *r)
 {
-    mx_session_reply(s, r->reply, r->arg);
+    g_autofree char *t = mx_session_reply_text(s, r->reply, r->arg[0] ? r->arg : NULL);
+    g_string_append(s->out, t);
     mx_session_log_reject(s, what, NULL, 0, r->reply, r->why);
     if (r->ratelimited)
         mx_policy_feedback(s, MX_FB_RATELIMIT);
+    if (strcmp(what, "mail") == 0) {
+        mx_acct_mail_refused(s, r->outcome, t, r->why);
+    } else {
+        mx_acct_rcpt_refused(s, r->outcome, t);
+        mx_acct_why(s, r->why);
+    }
 }
 
 static void after_mail_policy(mx_session *s, const mx_pol_result *r)
@@ -242,6 +291,18 @@ static void after_mail_policy(mx_session *s, const mx_pol_result *r)
     g_free(bl);
 }
 
+/* Refuse the RCPT being handled with reply id, for the log and the record. */
+static void refuse_rcpt(mx_session *s, mx_reply_id id, const char *arg, const char *line,
+                        size_t len, const char *why)
+{
+    g_autofree char *t = mx_session_reply_text(s, id, arg);
+    g_string_append(s->out, t);
+    mx_session_log_reject(s, "rcpt", line, len, id, why);
+    mx_acct_rcpt_refused(s, mx_acct_outcome_of(id), t);
+    if (why)
+        mx_acct_why(s, why);
+}
+
 static void after_rcpt_policy(mx_session *s, const mx_pol_result *r)
 {
     if (r->refuse) {
@@ -252,7 +313,7 @@ static void after_rcpt_policy(mx_session *s, const mx_pol_result *r)
         return;
     }
     if (!s->relay || !mx_relay_connected(s->relay)) {
-        mx_session_reply(s, MX_R_BACKEND_LOST, NULL);
+        refuse_rcpt(s, MX_R_BACKEND_LOST, NULL, NULL, 0, "backend connection lost");
         mx_session_txn_reset(s);
         g_clear_pointer(&s->pol_line, g_free);
         return;
@@ -262,6 +323,15 @@ static void after_rcpt_policy(mx_session *s, const mx_pol_result *r)
     wait_backend(s, MX_CMD_RCPT);
     mx_relay_rcpt(s->relay, bl);
     g_free(bl);
+}
+
+static void refuse_mail(mx_session *s, mx_reply_id id, const char *line, size_t len,
+                        const char *why)
+{
+    g_autofree char *t = mx_session_reply_text(s, id, NULL);
+    g_string_append(s->out, t);
+    mx_session_log_reject(s, "mail", line, len, id, why);
+    mx_acct_mail_refused(s, mx_acct_outcome_of(id), t, why);
 }
 
 static void cmd_mail(mx_session *s, const mx_cmd *c, const char *line, size_t len)
@@ -274,14 +344,14 @@ static void cmd_mail(mx_session *s, const mx_cmd *c, const char *line, size_t le
         mx_session_bad_command(s, MX_R_NESTED_MAIL, NULL, line, len);
         return;
     }
+    g_autofree char *from = g_strndup(c->path.p, c->path.len);
+    mx_acct_open(s, from);
     if (c->size > s->cfg->max_message_size) {
-        mx_session_reply(s, MX_R_SIZE_DECLARED, NULL);
-        mx_session_log_reject(s, "mail", line, len, MX_R_SIZE_DECLARED, "declared SIZE over the limit");
+        refuse_mail(s, MX_R_SIZE_DECLARED, line, len, "declared SIZE over the limit");
         return;
     }
     if (c->path_utf8 && !c->smtputf8) {
-        mx_session_reply(s, MX_R_UTF8_NEEDED, NULL);
-        mx_session_log_reject(s, "mail", line, len, MX_R_UTF8_NEEDED, NULL);
+        refuse_mail(s, MX_R_UTF8_NEEDED, line, len, "non-ASCII sender without SMTPUTF8");
         return;
     }
     mx_session_txn_reset(s);
@@ -298,6 +368,8 @@ static void cmd_mail(mx_session *s, const mx_cmd *c, const char *line, size_t le
 static void cmd_rcpt(mx_session *s, const mx_cmd *c, const char *line, size_t len)
 {
     if (!s->txn.active) {
+        /* after a refused MAIL: the recipient shares its fate */
+        mx_acct_rcpt(s, c->path.p, c->path.len);
         mx_session_bad_command(s, MX_R_NEED_MAIL, NULL, line, len);
         return;
     }
@@ -305,18 +377,28 @@ static void cmd_rcpt(mx_session *s, const mx_cmd *c, const char *line, size_t le
         mx_session_bad_command(s, MX_R_BDAT_MIX, NULL, line, len);
         return;
     }
+    mx_acct_rcpt(s, c->path.p, c->path.len);
+    /* Relaying: a client outside networks.internal may only send to the
+     * local domains, whatever the backend would say. */
+    const char *at = memrchr(c->path.p, '@', c->path.len);
+    g_autofree char *domain =
+        at ? g_strndup(at + 1, c->path.len - (size_t)(at + 1 - c->path.p)) : NULL;
+    if (!mx_acct_internal(s) && !mx_config_domain_is_local(s->cfg, domain)) {
+        refuse_rcpt(s, MX_R_RELAY_DENIED, domain, line, len,
+                    "relay denied: client not in networks.internal, domain not in "
+                    "domains.local");
+        return;
+    }
     if (s->txn.nrcpt >= s->cfg->max_recipients) {
-        mx_session_reply(s, MX_R_TOO_MANY_RCPT, NULL);
-        mx_session_log_reject(s, "rcpt", line, len, MX_R_TOO_MANY_RCPT, NULL);
+        refuse_rcpt(s, MX_R_TOO_MANY_RCPT, NULL, line, len, "smtp.max_recipients reached");
         return;
     }
     if (c->path_utf8 && !s->txn.smtputf8) {
-        mx_session_reply(s, MX_R_UTF8_NEEDED, NULL);
-        mx_session_log_reject(s, "rcpt", line, len, MX_R_UTF8_NEEDED, NULL);
+        refuse_rcpt(s, MX_R_UTF8_NEEDED, NULL, line, len, "non-ASCII recipient without SMTPUTF8");
         return;
     }
     if (!s->relay || !mx_relay_connected(s->relay)) {
-        mx_session_reply(s, MX_R_BACKEND_LOST, NULL);
+        refuse_rcpt(s, MX_R_BACKEND_LOST, NULL, NULL, 0, "backend connection lost");
         mx_session_txn_reset(s);
         return;
     }
@@ -366,14 +448,18 @@ static void cmd_data(mx_session *s, const char *line, size_t len)
     int id = data_precheck(s);
     if (id >= 0) {
         if (id == MX_R_BACKEND_LOST) {
-            mx_session_reply(s, (mx_reply_id)id, NULL);
+            g_autofree char *t = mx_session_reply_text(s, (mx_reply_id)id, NULL);
+            g_string_append(s->out, t);
+            mx_acct_end(s, MX_OUT_TEMPFAILED, t, "backend connection lost");
             mx_session_txn_reset(s);
         } else if (id == MX_R_SCANNER_DOWN || id == MX_R_SCANNER_BUSY) {
             /* Not the client's fault: no bad-command count, and the
              * transaction stays, so DATA may be tried again. */
-            mx_session_reply(s, (mx_reply_id)id, NULL);
-            mx_session_log_reject(s, "data", line, len, (mx_reply_id)id,
-                                  id == MX_R_SCANNER_BUSY ? "scanner_busy" : "scanner_failing");
+            g_autofree char *t = mx_session_reply_text(s, (mx_reply_id)id, NULL);
+            g_string_append(s->out, t);
+            const char *why = id == MX_R_SCANNER_BUSY ? "scanner_busy" : "scanner_failing";
+            mx_session_log_reject(s, "data", line, len, (mx_reply_id)id, why);
+            mx_acct_refusal(s, MX_OUT_TEMPFAILED, t, why);
         } else {
             mx_session_bad_command(s, (mx_reply_id)id, NULL, line, len);
         }
@@ -439,23 +525,21 @@ static void build_received(mx_session *s)
 
 /* Refuse the message with reply id: log it, and abort the backend's
  * transaction (nothing was sent past RCPT, so nothing is delivered). */
-static void refuse_message(mx_session *s, mx_reply_id id, const char *arg)
+static void refuse_message(mx_session *s, mx_reply_id id, const char *arg, const char *why)
 {
-    GString *t = g_string_new(NULL);
-    mx_replies_format(t, id, arg);
-    mx_session_log_message(s, mx_replies_code(id) / 100 == 4 ? "tempfail" : "rejected", t->str);
-    g_string_free(t, TRUE);
-    rset_then_reply(s, id, arg);
+    g_autofree char *t = mx_session_reply_text(s, id, arg);
+    mx_session_log_message(s, mx_replies_code(id) / 100 == 4 ? "tempfail" : "rejected", t);
+    rset_then_reply(s, id, arg); /* the reply keeps this transaction's id */
+    mx_acct_end(s, mx_acct_outcome_of(id), t, why);
 }
 
 static void send_to_backend(mx_session *s)
 {
     if (!s->relay || !mx_relay_connected(s->relay)) {
-        GString *t = g_string_new(NULL);
-        mx_replies_format(t, MX_R_BACKEND_LOST, NULL);
-        mx_session_log_message(s, "tempfail", t->str);
-        g_string_append_len(s->out, t->str, t->len);
-        g_string_free(t, TRUE);
+        g_autofree char *t = mx_session_reply_text(s, MX_R_BACKEND_LOST, NULL);
+        mx_session_log_message(s, "tempfail", t);
+        g_string_append(s->out, t);
+        mx_acct_end(s, MX_OUT_TEMPFAILED, t, "backend connection lost");
         mx_session_txn_reset(s);
         return;
     }
@@ -485,7 +569,12 @@ void mx_smtp_message_complete(mx_session *s)
         arg = num;
     }
     if (id != MX_R__COUNT) {
-        refuse_message(s, id, arg);
+        refuse_message(s, id, arg,
+                       id == MX_R_SPOOL_FULL      ? "node spool budget full"
+                       : id == MX_R_SIZE_EXCEEDED ? "message over smtp.max_message_size"
+                       : id == MX_R_NUL           ? "NUL in the message"
+                       : id == MX_R_LONG_LINE     ? "line over smtp.max_text_line_length"
+                                                  : "bare CR or LF in the message");
         return;
     }
     /* byte-count rate limits, now that the size is known */
@@ -497,15 +586,15 @@ void mx_smtp_message_complete(mx_session *s)
 static void after_data_policy(mx_session *s, const mx_pol_result *r)
 {
     if (r->refuse) {
-        GString *t = g_string_new(NULL);
-        mx_replies_format(t, r->reply, r->arg);
+        const char *arg = r->arg[0] ? r->arg : NULL;
+        g_autofree char *t = mx_session_reply_text(s, r->reply, arg);
         mx_session_log_message(s, mx_replies_code(r->reply) / 100 == 4 ? "tempfail" : "rejected",
-                               t->str);
-        g_string_free(t, TRUE);
+                               t);
         mx_session_log_reject(s, "data", NULL, 0, r->reply, r->why);
         if (r->ratelimited)
             mx_policy_feedback(s, MX_FB_RATELIMIT);
-        rset_then_reply(s, r->reply, r->arg);
+        rset_then_reply(s, r->reply, arg);
+        mx_acct_end(s, r->outcome, t, r->why);
         return;
     }
     build_received(s);
@@ -516,7 +605,7 @@ static void after_data_policy(mx_session *s, const mx_pol_result *r)
     /* The scan sees exactly what the backend would get: our Received
      * header (which also tells libclamav this is mail) and the message. */
     if (mx_scan_start(s) != MX_OK) {
-        refuse_message(s, MX_R_SCANNER_BUSY, NULL);
+        refuse_message(s, MX_R_SCANNER_BUSY, NULL, "scan queue full");
         return;
     }
     wait_backend(s, s->txn.bdat ? MX_CMD_BDAT : MX_CMD_DATA);
@@ -534,17 +623,18 @@ static void append_safe(GString *g, const char *v)
 void mx_smtp_scan_done(mx_session *s)
 {
     const mx_scan_result *r = &s->txn.scan;
-    char arg[200];
+    char why[sizeof(r->why) + 32];
     int tag_unscanned = 0;
 
     mx_session_to_cmd_phase(s);
+    mx_acct_scan(s, r);
     switch (r->verdict) {
     case MX_SCAN_CLEAN:
         break;
     case MX_SCAN_INFECTED:
         mx_policy_feedback(s, MX_FB_MALWARE);
-        snprintf(arg, sizeof(arg), "%s [id %s]", r->name, s->sid);
-        refuse_message(s, MX_R_MALWARE, arg);
+        snprintf(why, sizeof(why), "malware %s", r->name);
+        refuse_message(s, MX_R_MALWARE, r->name, why);
         goto out;
     case MX_SCAN_ERROR:
     default:
@@ -552,8 +642,8 @@ void mx_smtp_scan_done(mx_session *s)
             tag_unscanned = 1;
             break;
         }
-        snprintf(arg, sizeof(arg), "[id %s]", s->sid);
-        refuse_message(s, MX_R_SCAN_FAILED, arg);
+        snprintf(why, sizeof(why), "scan failed: %s", r->why);
+        refuse_message(s, MX_R_SCAN_FAILED, NULL, why);
         goto out;
     }
     if (tag_unscanned || s->cfg->clamav_add_header) {
@@ -579,22 +669,28 @@ void mx_smtp_bdat_chunk_done(mx_session *s)
     char num[24];
     mx_session_to_cmd_phase(s);
     if (s->chunk_error >= 0) {
-        mx_session_reply(s, (mx_reply_id)s->chunk_error, NULL);
-        mx_session_log_reject(s, "bdat", NULL, 0, (mx_reply_id)s->chunk_error, NULL);
+        mx_reply_id id = (mx_reply_id)s->chunk_error;
+        g_autofree char *t = mx_session_reply_text(s, id, NULL);
+        g_string_append(s->out, t);
+        mx_session_log_reject(s, "bdat", NULL, 0, id, NULL);
+        if (id == MX_R_SCANNER_DOWN || id == MX_R_SCANNER_BUSY)
+            mx_acct_refusal(s, MX_OUT_TEMPFAILED, t,
+                            id == MX_R_SCANNER_BUSY ? "scanner_busy" : "scanner_failing");
         if (s->txn.bdat)
             s->txn.failed = 1;
         return;
     }
     if (s->spool.over_limit || s->spool.over_budget) {
         mx_reply_id id = s->spool.over_budget ? MX_R_SPOOL_FULL : MX_R_SIZE_EXCEEDED;
-        GString *t = g_string_new(NULL);
-        mx_replies_format(t, id, NULL);
-        mx_session_log_message(s, id == MX_R_SPOOL_FULL ? "tempfail" : "rejected", t->str);
-        g_string_free(t, TRUE);
+        g_autofree char *t = mx_session_reply_text(s, id, NULL);
+        mx_session_log_message(s, id == MX_R_SPOOL_FULL ? "tempfail" : "rejected", t);
         /* RFC 3030: after a failed chunk the client must RSET; until it
          * does, further chunks are read and refused. */
         s->txn.failed = 1;
-        mx_session_reply(s, id, NULL);
+        g_string_append(s->out, t);
+        mx_acct_refusal(s, mx_acct_outcome_of(id), t,
+                        id == MX_R_SPOOL_FULL ? "node spool budget full"
+                                              : "message over smtp.max_message_size");
         return;
     }
     if (!s->chunk_last) {
@@ -608,6 +704,7 @@ void mx_smtp_bdat_chunk_done(mx_session *s)
 
 static void cmd_rset(mx_session *s)
 {
+    mx_acct_close(s);
     if (s->txn.active && s->relay && mx_relay_connected(s->relay)) {
         rset_then_reply(s, MX_R_OK, NULL);
         return;
@@ -692,6 +789,7 @@ void mx_smtp_handle_line(mx_session *s, const char *line, size_t len)
     case MX_CMD_VRFY: mx_session_reply(s, MX_R_VRFY, NULL); break;
     case MX_CMD_HELP: mx_session_reply(s, MX_R_HELP, NULL); break;
     case MX_CMD_QUIT:
+        mx_acct_close(s);
         mx_session_reply(s, MX_R_QUIT, NULL);
         mx_session_close_after_reply(s, "quit");
         break;

@@ -39,7 +39,7 @@ POSTFIX = "(Postfix)"
 EICAR_NAME = "Mxgate.Test.EICAR.UNOFFICIAL"
 MARKER_NAME = "Mxgate.Test.Marker.UNOFFICIAL"
 REJECTED = re.compile(r"^554 5\.7\.1 Message rejected: virus found: (?P<name>\S+) "
-                      r"\[id (?P<sid>[0-9A-Fa-f]{16})\]$")
+                      r"\[id (?P<trace>(?P<sid>[0-9A-Fa-f]{16})\.\d+)\]$")
 ENGINE = re.compile(r"^ClamAV \d+\.\d+\.\d+/local-[0-9a-f]{8}$")
 VIRUS_HEADER = re.compile(r"^X-Virus-Scanned: clean by mxgate \((?P<engine>[^)]+)\) "
                           r"on mxgate\.example\.test$")
@@ -229,6 +229,7 @@ class ClamCase(mt.IntegrationCase):
                            "(logged reply: %r)" % (reply.text, ev.get("reply")))
         self.assertEqual(m.group("name"), name)
         self.assertEqual(m.group("sid"), ev.get("sid"))
+        self.assertEqual(m.group("trace"), ev.get("trace"))
         self.assertEqual(reply.text, ev.get("reply"), "client reply differs from the logged one")
         return ev
 
