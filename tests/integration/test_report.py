@@ -160,6 +160,10 @@ class ReportCase(mt.IntegrationCase):
                                        r"not a local domain \[id [0-9A-F]{16}\.\d+\]$")
         self.assertIsNone(final)
         ids["relay"] = ID.search(rcpt[0].text).group("id")
+        # mxgate refused it itself: the backend (which would take anything)
+        # never saw the recipient
+        self.assertFalse([l for l in self.fake_backend.all_lines() if b"victim@remote.test" in
+                          (l if isinstance(l, bytes) else l.encode())])
         # what reached the backend: the 6 delivered messages, nothing else
         mt.wait_until(lambda: len(self.fake_backend.accepted) >= 6, 5, what="6 deliveries")
         time.sleep(0.2)
@@ -168,9 +172,10 @@ class ReportCase(mt.IntegrationCase):
 
     # ---- the report ----
 
-    def report(self, config, fmt="json", want_total=9, since=None):
+    def report(self, config, fmt="json", since=None):
         """The report once every node has flushed its counts (about once
-        a second)."""
+        a second; a flush lands on each memcached in turn, so the two
+        units may be read a moment apart)."""
         args = ["report", "--format", fmt] + (["--since", since] if since else [])
         got = {}
 
@@ -178,8 +183,9 @@ class ReportCase(mt.IntegrationCase):
             p = ctl("report", "--format", "json", config=config)
             self.assertEqual(p.returncode, 0, p.stderr)
             got["json"] = json.loads(p.stdout)
-            return got["json"]["units"]["messages"]["total"] >= want_total
-        mt.wait_until(ready, 10, what="%d messages in the report" % want_total)
+            u = got["json"]["units"]
+            return u["messages"]["total"] >= 9 and u["recipients"]["total"] >= 12
+        mt.wait_until(ready, 10, what="9 messages and 12 recipients in the report")
         if fmt == "json":
             return got["json"]
         p = ctl(*args, config=config)
@@ -286,6 +292,21 @@ class TestEmbeddedReport(ReportCase):
         self.assertMixReported(rep)
         self.assertTextReport(self.report(node.config_path, fmt="text"))
         self.assertExplained(node.config_path, ids)
+        # a connection refused before any transaction has a record too,
+        # under the session id
+        p = ctl("rep", "block", "ip", "127.0.0.3", "--reason", "test listing",
+                config=node.config_path)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        refused = mt.first_reply(node.port, "127.0.0.3")
+        self.assertEqual(refused.code, 554, refused)
+        sid = re.search(r"\[id ([0-9A-F]{16})\]$", refused.text).group(1)
+        mt.wait_until(lambda: ctl("explain", sid, config=node.config_path).returncode == 0, 5,
+                      what="the record of %s" % sid)
+        out = ctl("explain", sid, config=node.config_path).stdout
+        self.assertRegex(out, re.compile(r"^decided by: reputation ip:127\.0\.0\.3 blocked "
+                                         r"\(mxgatectl: test listing\)$", re.M), out)
+        self.assertRegex(out, re.compile(r"^  \[connect\] ip:127\.0\.0\.3: record, score 0, "
+                                         r"blocked, from store", re.M), out)
         # the page, drawn by headless Chromium: the real report this time
         html = self.report(node.config_path, fmt="html")
         self.assertIn("<svg", html)
