@@ -89,6 +89,12 @@ struct mx_store {
 /* The in-process store: same semantics as memcached, for one node. The
  * clock is injectable for tests (NULL = g_get_monotonic_time in seconds). */
 mx_store *mx_store_embedded_new(int64_t (*clock)(void));
+/* At most about max_bytes (keys, values and a fixed overhead per entry):
+ * past it the oldest entries are dropped, as memcached does when full.
+ * 0: no limit (the default). */
+void mx_store_embedded_set_limit(mx_store *s, size_t max_bytes);
+/* The size estimate now, and how many entries the limit dropped. */
+size_t mx_store_embedded_bytes(mx_store *s, uint64_t *evicted);
 
 typedef struct mx_memcached_conf {
     const char *servers;      /* "HOST:PORT;HOST:PORT" */

@@ -3,8 +3,12 @@
  *
  * One mutex over one hash table: the embedded store serves a single node,
  * where contention is bounded by the worker count. Expired entries are
- * removed when touched and by a sweep every 1024 writes, so memory follows
- * the live key set.
+ * removed when touched and by a sweep once the writes since the last one
+ * reach a quarter of the entries (at least 1024), so a sweep costs a few
+ * entries per write and memory follows the live key set. With a size
+ * limit (mx_store_embedded_set_limit), the oldest entries go first when
+ * the estimate (keys, values, a fixed overhead each) passes it, as
+ * memcached evicts when its memory is full.
  */
 #include <string.h>
 
@@ -14,14 +18,28 @@ typedef struct entry {
     GBytes *val;      /* NULL for a counter */
     uint64_t counter;
     int64_t expires;  /* seconds on the store clock; 0 = never */
+    uint64_t seq;     /* when it was written: its place in the age queue */
+    size_t size;      /* what it counts for in bytes */
+    size_t *bytes;    /* the store's total, which freeing it lowers */
 } entry;
+
+#define ENTRY_OVERHEAD 96 /* hash node, entry, key and value headers */
+
+typedef struct aged {
+    char *key;
+    uint64_t seq;
+} aged;
 
 typedef struct embedded {
     mx_store base;
     GMutex lock;
     GHashTable *map;  /* char* -> entry* */
     int64_t (*clock)(void);
-    unsigned writes;
+    unsigned writes;  /* since the last sweep */
+    size_t bytes, max_bytes; /* max_bytes 0: no limit */
+    GQueue age;       /* aged*, oldest first; stale when the key was rewritten */
+    uint64_t seq;
+    uint64_t evicted;
 } embedded;
 
 static int64_t default_clock(void) { return g_get_monotonic_time() / G_USEC_PER_SEC; }
@@ -29,9 +47,61 @@ static int64_t default_clock(void) { return g_get_monotonic_time() / G_USEC_PER_
 static void entry_free(gpointer p)
 {
     entry *e = p;
+    *e->bytes -= e->size;
     if (e->val)
         g_bytes_unref(e->val);
     g_free(e);
+}
+
+static void aged_free(gpointer p)
+{
+    aged *a = p;
+    g_free(a->key);
+    g_free(a);
+}
+
+/* Is a still the key's current entry? */
+static int aged_current(embedded *s, const aged *a)
+{
+    entry *e = g_hash_table_lookup(s->map, a->key);
+    return e && e->seq == a->seq;
+}
+
+/* Keep e under key (replacing what was there), counted and queued. */
+static void put(embedded *s, const char *key, entry *e)
+{
+    e->seq = ++s->seq;
+    e->size = strlen(key) + (e->val ? g_bytes_get_size(e->val) : 0) + ENTRY_OVERHEAD;
+    e->bytes = &s->bytes;
+    s->bytes += e->size;
+    g_hash_table_replace(s->map, g_strdup(key), e);
+    if (!s->max_bytes)
+        return;
+    aged *a = g_new(aged, 1);
+    a->key = g_strdup(key);
+    a->seq = e->seq;
+    g_queue_push_tail(&s->age, a);
+    /* the oldest go first */
+    while (s->bytes > s->max_bytes && !g_queue_is_empty(&s->age)) {
+        aged *old = g_queue_pop_head(&s->age);
+        if (aged_current(s, old) && old->seq != e->seq) {
+            g_hash_table_remove(s->map, old->key);
+            s->evicted++;
+        }
+        aged_free(old);
+    }
+    /* rewritten keys leave stale places behind: drop them now and then */
+    if (s->age.length > 2 * g_hash_table_size(s->map) + 1024) {
+        GQueue keep = G_QUEUE_INIT;
+        aged *a2;
+        while ((a2 = g_queue_pop_head(&s->age)) != NULL) {
+            if (aged_current(s, a2))
+                g_queue_push_tail(&keep, a2);
+            else
+                aged_free(a2);
+        }
+        s->age = keep;
+    }
 }
 
 static entry *lookup(embedded *s, const char *key)
@@ -52,7 +122,9 @@ static gboolean expired(gpointer k, gpointer v, gpointer now)
 
 static void after_write(embedded *s)
 {
-    if (++s->writes % 1024 == 0) {
+    guint n = g_hash_table_size(s->map);
+    if (++s->writes >= 1024 && s->writes >= n / 4) {
+        s->writes = 0;
         int64_t now = s->clock();
         g_hash_table_foreach_remove(s->map, expired, &now);
     }
@@ -91,7 +163,7 @@ static mx_store_rc emb_store(mx_store *base, const char *key, const void *val, s
     entry *e = g_new0(entry, 1);
     e->val = g_bytes_new(val, len);
     e->expires = ttl > 0 ? s->clock() + ttl : 0;
-    g_hash_table_replace(s->map, g_strdup(key), e);
+    put(s, key, e);
     after_write(s);
     g_mutex_unlock(&s->lock);
     return MX_STORE_OK;
@@ -121,7 +193,7 @@ static mx_store_rc emb_incr(mx_store *base, const char *key, uint64_t delta, int
     if (!e) {
         e = g_new0(entry, 1);
         e->expires = ttl > 0 ? s->clock() + ttl : 0;
-        g_hash_table_replace(s->map, g_strdup(key), e);
+        put(s, key, e);
         after_write(s);
     }
     e->counter += delta;
@@ -183,6 +255,7 @@ static void emb_counters(mx_store *base, const char *const *keys, size_t n, uint
 static void emb_destroy(mx_store *base)
 {
     embedded *s = (embedded *)base;
+    g_queue_clear_full(&s->age, aged_free);
     g_hash_table_destroy(s->map);
     g_mutex_clear(&s->lock);
     g_free(s);
@@ -209,4 +282,23 @@ mx_store *mx_store_embedded_new(int64_t (*clock)(void))
     s->map = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, entry_free);
     s->clock = clock ? clock : default_clock;
     return &s->base;
+}
+
+void mx_store_embedded_set_limit(mx_store *base, size_t max_bytes)
+{
+    embedded *s = (embedded *)base;
+    g_mutex_lock(&s->lock);
+    s->max_bytes = max_bytes;
+    g_mutex_unlock(&s->lock);
+}
+
+size_t mx_store_embedded_bytes(mx_store *base, uint64_t *evicted)
+{
+    embedded *s = (embedded *)base;
+    g_mutex_lock(&s->lock);
+    size_t n = s->bytes;
+    if (evicted)
+        *evicted = s->evicted;
+    g_mutex_unlock(&s->lock);
+    return n;
 }

@@ -176,6 +176,10 @@ static const option options[] = {
      "failures in a row that open a server's circuit breaker"},
     {"cluster", "breaker_cooldown", OPT_INT, O(cluster_breaker_cooldown), "1000", 10, 600000, NULL,
      "milliseconds an open breaker fails calls at once before one probe"},
+    {"cluster", "embedded_max_size", OPT_SIZE, O(cluster_embedded_max), "268435456", 1 << 20,
+     1024 * GiB, NULL,
+     "bytes the embedded store may hold (no memcached): past it the oldest entries are "
+     "dropped, as memcached does when full"},
     {"cluster", "threads", OPT_INT, O(cluster_threads), "8", 1, 256, NULL,
      "threads for store calls (they wait on the network, not the CPU)"},
     {"cluster", "cache_ttl", OPT_INT, O(cluster_cache_ttl), "10", 0, 3600, NULL,

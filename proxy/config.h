@@ -119,6 +119,7 @@ typedef struct mx_config {
     int cluster_breaker_failures;
     int cluster_breaker_cooldown;
     int cluster_threads;
+    uint64_t cluster_embedded_max;
     int cluster_cache_ttl;
     int cluster_generation_poll;
     int cluster_client_concurrency;

@@ -120,6 +120,7 @@ mx_policy *mx_policy_new(const mx_config *cfg, char **err)
         p->memcached = 1;
     } else {
         p->store = mx_store_embedded_new(NULL);
+        mx_store_embedded_set_limit(p->store, (size_t)cfg->cluster_embedded_max);
     }
     p->cache = mx_rep_cache_new(cfg->cluster_cache_ttl);
     return p;

@@ -90,6 +90,65 @@ static void test_add_and_batches(void)
     mx_store_free(s);
 }
 
+/* With a size limit the oldest entries go first, the newest stay, and
+ * the estimate stays under the limit; rewriting a key moves it to the back. */
+static void test_size_limit_drops_the_oldest(void)
+{
+    mx_store *s = mx_store_embedded_new(fake_clock);
+    mx_store_embedded_set_limit(s, 64 * 1024);
+    char val[200];
+    memset(val, 'v', sizeof(val));
+    mx_store_set(s, "keep", "k", 1, 0);
+    uint64_t n = 0;
+    for (int i = 0; i < 2000; i++) {
+        char key[32];
+        g_snprintf(key, sizeof(key), "trace:%d", i);
+        mx_store_set(s, key, val, sizeof(val), 3600);
+        if (i % 50 == 0)
+            mx_store_set(s, "keep", "k", 1, 0); /* rewritten: never the oldest */
+        g_assert_cmpuint(mx_store_embedded_bytes(s, NULL), <=, 64 * 1024);
+    }
+    uint64_t evicted = 0;
+    mx_store_embedded_bytes(s, &evicted);
+    g_assert_cmpuint(evicted, >, 1500);
+    GBytes *v = NULL;
+    g_assert_cmpint(mx_store_get(s, "trace:0", &v), ==, MX_STORE_NOT_FOUND);
+    g_assert_cmpint(mx_store_get(s, "trace:1999", &v), ==, MX_STORE_OK);
+    g_bytes_unref(v);
+    g_assert_cmpint(mx_store_get(s, "keep", &v), ==, MX_STORE_OK);
+    g_bytes_unref(v);
+    g_assert_cmpint(mx_store_incr(s, "counter", 5, 60, &n), ==, MX_STORE_OK);
+    g_assert_cmpuint(n, ==, 5);
+    /* deleting and expiring give the bytes back */
+    size_t before = mx_store_embedded_bytes(s, NULL);
+    g_assert_cmpint(mx_store_del(s, "trace:1999"), ==, MX_STORE_OK);
+    g_assert_cmpuint(mx_store_embedded_bytes(s, NULL), <, before);
+    mx_store_free(s);
+}
+
+/* Expired entries nobody touches again are swept by later writes. */
+static void test_expired_entries_are_swept(void)
+{
+    mx_store *s = mx_store_embedded_new(fake_clock);
+    char val[1000];
+    memset(val, 'v', sizeof(val));
+    for (int i = 0; i < 200; i++) {
+        char key[32];
+        g_snprintf(key, sizeof(key), "old:%d", i);
+        mx_store_set(s, key, val, sizeof(val), 10);
+    }
+    g_assert_cmpuint(mx_store_embedded_bytes(s, NULL), >, 200 * 1000);
+    fake_now += 10;
+    for (int i = 0; i < 1024; i++) {
+        char key[32];
+        g_snprintf(key, sizeof(key), "n:%d", i);
+        mx_store_incr(s, key, 1, 0, NULL);
+    }
+    /* 1024 small counters are left, not the 200 kB that expired */
+    g_assert_cmpuint(mx_store_embedded_bytes(s, NULL), <, 1024 * 200);
+    mx_store_free(s);
+}
+
 typedef struct { mx_store *s; int n; } hammer_arg;
 
 static gpointer hammer(gpointer data)
@@ -123,5 +182,7 @@ int main(int argc, char **argv)
     g_test_add_func("/store/incr creates at delta and adds", test_incr_creates_and_adds);
     g_test_add_func("/store/incr is atomic across threads", test_incr_is_atomic_across_threads);
     g_test_add_func("/store/add and batches", test_add_and_batches);
+    g_test_add_func("/store/a size limit drops the oldest", test_size_limit_drops_the_oldest);
+    g_test_add_func("/store/expired entries are swept", test_expired_entries_are_swept);
     return g_test_run();
 }
