@@ -36,7 +36,7 @@ void mx_conn_tls_fail(mx_session *s, const char *why)
         ERR_error_string_n(e, buf, sizeof(buf));
     ERR_clear_error();
     GString *l = mx_log_begin(MX_LOG_INFO, "tls_error");
-    mx_log_kv(l, "sid", s->sid);
+    mx_session_log_ids(l, s);
     mx_log_kv(l, "client", s->addr);
     mx_log_kv(l, "error", e ? buf : why);
     mx_log_end(l);
@@ -81,7 +81,7 @@ void mx_conn_tls_step(mx_session *s)
     ev_io_stop(s->w->loop, &s->wio);
     if (mx_log_enabled(MX_LOG_DEBUG)) {
         GString *l = mx_log_begin(MX_LOG_DEBUG, "tls");
-        mx_log_kv(l, "sid", s->sid);
+        mx_session_log_ids(l, s);
         mx_log_kv(l, "version", mx_tls_version(s->ssl));
         mx_log_kv(l, "cipher", mx_tls_cipher(s->ssl));
         mx_log_kvi(l, "resumed", SSL_session_reused(s->ssl));
@@ -141,7 +141,7 @@ void mx_conn_set_peer_text(mx_session *s)
 void mx_conn_proxy_fail(mx_session *s, const char *why)
 {
     GString *l = mx_log_begin(MX_LOG_WARNING, "proxy_error");
-    mx_log_kv(l, "sid", s->sid);
+    mx_session_log_ids(l, s);
     mx_log_kv(l, "peer", s->addr);
     mx_log_kv(l, "error", why);
     mx_log_end(l);
@@ -200,7 +200,7 @@ void mx_conn_proxy_read(mx_session *s)
     }
     if (mx_log_enabled(MX_LOG_DEBUG)) {
         GString *l = mx_log_begin(MX_LOG_DEBUG, "proxy");
-        mx_log_kv(l, "sid", s->sid);
+        mx_session_log_ids(l, s);
         mx_log_kvi(l, "version", h.version);
         mx_log_kv(l, "client", h.local ? "local" : h.unknown ? "unknown" : s->addr);
         mx_log_end(l);

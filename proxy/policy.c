@@ -324,7 +324,7 @@ static int check_reputation(pol_job *j, int may_block, int64_t now)
                           &got[i], &cached) != MX_STORE_OK) {
             /* Reputation is advice: with the store down, a rule's own
              * on_store_down decides; here we go on without it. */
-            mx_log_msg(MX_LOG_DEBUG, "reputation_unavailable", "sid=%s %s:%s", j->sid,
+            mx_log_msg(MX_LOG_DEBUG, "reputation_unavailable", "sid=%s trace=%s %s:%s", j->sid, j->tid,
                        mx_rep_kind_name(r[i].kind), r[i].value);
             memset(&got[i], 0, sizeof(got[i]));
             g_strlcpy(got[i].source, "store unavailable", sizeof(got[i].source));

@@ -225,6 +225,8 @@ void G_GNUC_PRINTF(3, 4) mx_relay_fail(mx_relay *r, mx_relay_status st, const ch
                                                     : MX_BACKEND_ERR_CONNECT);
     GString *l = mx_log_begin(MX_LOG_WARNING, "backend_error");
     mx_log_kv(l, "sid", r->sid);
+    if (r->trace[0])
+        mx_log_kv(l, "trace", r->trace);
     mx_log_kv(l, "backend", r->cfg->backends[r->server].text);
     mx_log_kv(l, "error", r->err);
     mx_log_end(l);
@@ -559,6 +561,11 @@ void mx_relay_pool_clear(mx_relay_pool *p)
 {
     while (!g_queue_is_empty(&p->idle))
         mx_relay_free(g_queue_peek_head(&p->idle));
+}
+
+void mx_relay_set_trace(mx_relay *r, const char *id)
+{
+    g_strlcpy(r->trace, id ? id : "", sizeof(r->trace));
 }
 
 mx_relay *mx_relay_acquire(mx_relay_pool *p, mx_config *cfg, const char *sid, mx_relay_cb cb,

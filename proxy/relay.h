@@ -63,6 +63,9 @@ void mx_relay_pool_init(mx_relay_pool *p, struct ev_loop *loop);
 void mx_relay_pool_clear(mx_relay_pool *p);
 
 /* A parked connection made under the same config snapshot, or a new relay. */
+/* The transaction's trace id, for the relay's log lines (NULL: none). */
+void mx_relay_set_trace(mx_relay *r, const char *id);
+
 mx_relay *mx_relay_acquire(mx_relay_pool *p, mx_config *cfg, const char *sid, mx_relay_cb cb,
                            void *owner);
 

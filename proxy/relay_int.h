@@ -45,6 +45,7 @@ struct mx_relay {
     struct ev_loop *loop;
     mx_config *cfg; /* ref held */
     char *sid;
+    char trace[32];       /* the open transaction's trace id, for log lines */
     mx_relay_cb cb;
     void *owner;
 

@@ -87,6 +87,13 @@ void mx_session_reply(mx_session *s, mx_reply_id id, const char *arg)
     mx_replies_format(s->out, id, arg, mx_acct_id(s));
 }
 
+void mx_session_log_ids(GString *l, const mx_session *s)
+{
+    mx_log_kv(l, "sid", s->sid);
+    if (s->acct)
+        mx_log_kv(l, "trace", mx_acct_id(s));
+}
+
 char *mx_session_reply_text(mx_session *s, mx_reply_id id, const char *arg)
 {
     GString *t = g_string_new(NULL);
@@ -117,7 +124,7 @@ static void log_disconnect(mx_session *s)
     if (!mx_log_enabled(level))
         return;
     GString *l = mx_log_begin(level, "disconnect");
-    mx_log_kv(l, "sid", s->sid);
+    mx_session_log_ids(l, s);
     mx_log_kv(l, "client", s->addr);
     mx_log_kvi(l, "port", s->port);
     mx_log_kv(l, "helo", s->helo);
@@ -185,8 +192,7 @@ void mx_session_log_message(mx_session *s, const char *outcome, const char *repl
     if (!mx_log_enabled(MX_LOG_INFO))
         return;
     GString *l = mx_log_begin(MX_LOG_INFO, "message");
-    mx_log_kv(l, "sid", s->sid);
-    mx_log_kv(l, "trace", mx_acct_id(s));
+    mx_session_log_ids(l, s);
     mx_log_kv(l, "client", s->addr);
     mx_log_kv(l, "helo", s->helo);
     mx_log_kv(l, "from", s->txn.from);
@@ -226,8 +232,7 @@ void mx_session_log_reject(mx_session *s, const char *what, const char *line, si
     if (!mx_log_enabled(MX_LOG_INFO))
         return;
     GString *l = mx_log_begin(MX_LOG_INFO, "reject");
-    mx_log_kv(l, "sid", s->sid);
-    mx_log_kv(l, "trace", mx_acct_id(s));
+    mx_session_log_ids(l, s);
     mx_log_kv(l, "client", s->addr);
     mx_log_kv(l, "what", what);
     mx_log_kvi(l, "code", mx_replies_code(id));
@@ -578,7 +583,7 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
             g_string_free(t, TRUE);
         }
         GString *l = mx_log_begin(MX_LOG_INFO, "timeout");
-        mx_log_kv(l, "sid", s->sid);
+        mx_session_log_ids(l, s);
         mx_log_kv(l, "client", s->addr);
         mx_log_kv(l, "phase", phase_action[s->phase]);
         mx_log_end(l);
@@ -623,7 +628,7 @@ void mx_session_start(mx_worker *w, int fd, const struct sockaddr_storage *peer,
 
     if (mx_log_enabled(MX_LOG_DEBUG)) {
         GString *lg = mx_log_begin(MX_LOG_DEBUG, "connect");
-        mx_log_kv(lg, "sid", s->sid);
+        mx_session_log_ids(lg, s);
         mx_log_kv(lg, "client", s->addr);
         mx_log_kvi(lg, "port", s->port);
         mx_log_end(lg);
@@ -634,7 +639,7 @@ void mx_session_start(mx_worker *w, int fd, const struct sockaddr_storage *peer,
          * address. No banner and no reply: the peer is not a client. */
         if (!mx_config_net_match(s->cfg->proxy_nets, s->cfg->nproxy_nets, peer)) {
             GString *lg = mx_log_begin(MX_LOG_WARNING, "proxy_refused");
-            mx_log_kv(lg, "sid", s->sid);
+            mx_session_log_ids(lg, s);
             mx_log_kv(lg, "peer", s->addr);
             mx_log_kv(lg, "why", "not in smtp.proxy_protocol_from");
             mx_log_end(lg);

@@ -126,6 +126,9 @@ void mx_session_unref(mx_session *s);
 void mx_session_txn_reset(mx_session *s);
 void mx_session_set_timer(mx_session *s, double seconds);
 void mx_session_reply(mx_session *s, mx_reply_id id, const char *arg);
+/* The session id, and the transaction's trace id while one is open, as
+ * the first fields of a log line. */
+void mx_session_log_ids(GString *l, const mx_session *s);
 /* The reply as mx_session_reply would send it (g_free it). */
 char *mx_session_reply_text(mx_session *s, mx_reply_id id, const char *arg);
 void mx_session_reply_relayed(mx_session *s, const mx_reply *r);

@@ -37,6 +37,7 @@ static void relay_client(mx_session *s)
     if (!s->relay)
         s->relay = mx_relay_acquire(&s->w->pool, s->cfg, s->sid, relay_done, s);
     mx_relay_set_client(s->relay, &cl);
+    mx_relay_set_trace(s->relay, s->acct ? mx_acct_id(s) : NULL);
 }
 
 static void wait_backend(mx_session *s, mx_cmd_verb v)
@@ -735,7 +736,7 @@ static void cmd_starttls(mx_session *s, const char *line, size_t len)
     size_t injected = mx_buf_used(&s->in);
     if (injected > 0) {
         GString *l = mx_log_begin(MX_LOG_WARNING, "starttls_injection");
-        mx_log_kv(l, "sid", s->sid);
+        mx_session_log_ids(l, s);
         mx_log_kv(l, "client", s->addr);
         mx_log_kvi(l, "discarded", (int64_t)injected);
         mx_log_kvn(l, "data", s->in.pos, MIN(injected, 100));
