@@ -172,6 +172,40 @@ int mx_trace_has_rules(mx_trace *t)
     return n > 0;
 }
 
+void mx_trace_adopt(mx_trace *dst, mx_trace *src)
+{
+    GPtrArray *rules = g_ptr_array_new(), *reps = g_ptr_array_new();
+    g_mutex_lock(&src->lock);
+    for (guint i = 0; i < src->rules->len; i++) {
+        const Mxgate__Trace__Rule *r = src->rules->pdata[i];
+        Mxgate__Trace__Rule *c = g_new0(Mxgate__Trace__Rule, 1);
+        *c = *r;
+        c->name = g_strdup(r->name);
+        c->input = g_strdup(r->input);
+        c->verdict = g_strdup(r->verdict);
+        c->stage = g_strdup(r->stage);
+        c->count = g_strdup(r->count);
+        c->key = g_strdup(r->key);
+        g_ptr_array_add(rules, c);
+    }
+    for (guint i = 0; i < src->reps->len; i++) {
+        const Mxgate__Trace__RepRead *r = src->reps->pdata[i];
+        Mxgate__Trace__RepRead *c = g_new0(Mxgate__Trace__RepRead, 1);
+        *c = *r;
+        c->key = g_strdup(r->key);
+        c->source = g_strdup(r->source);
+        c->stage = g_strdup(r->stage);
+        g_ptr_array_add(reps, c);
+    }
+    g_mutex_unlock(&src->lock);
+    for (guint i = 0; i < rules->len; i++)
+        add_item(dst, dst->rules, rules->pdata[i], free_rule);
+    for (guint i = 0; i < reps->len; i++)
+        add_item(dst, dst->reps, reps->pdata[i], free_rep);
+    g_ptr_array_free(rules, TRUE);
+    g_ptr_array_free(reps, TRUE);
+}
+
 char *mx_trace_key(const char *id) { return g_strdup_printf("trace:%s", id); }
 
 GBytes *mx_trace_encode(mx_trace *t, uint64_t duration_ms)

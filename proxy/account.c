@@ -29,6 +29,9 @@ struct mx_acct {
     mx_outcome final;
     int refused;         /* a refusal that did not end it (DATA tempfailed ...) */
     mx_outcome refusal;
+    int last_kept;       /* the last RCPT is in rcpts (the first 1000 are) */
+    uint64_t extra[2];   /* RCPTs past those, to remote [0] and local [1]
+                            domains: counted with the message's outcome */
 };
 
 static void rcpt_clear(gpointer p)
@@ -119,6 +122,8 @@ void mx_acct_open(mx_session *s, const char *from)
     mx_acct *a = g_new0(mx_acct, 1);
     snprintf(a->id, sizeof(a->id), "%s.%d", s->sid, ++s->ntxn);
     a->trace = trace_new(s, a->id);
+    if (s->conn_trace)
+        mx_trace_adopt(a->trace, s->conn_trace); /* what was checked at connect */
     mx_trace_set(a->trace, MX_TF_SENDER, from);
     a->started = g_get_monotonic_time();
     a->rcpts = g_array_new(FALSE, TRUE, sizeof(acct_rcpt));
@@ -126,18 +131,26 @@ void mx_acct_open(mx_session *s, const char *from)
     s->acct = a;
 }
 
+#define RCPTS_KEPT 1000
+
 void mx_acct_rcpt(mx_session *s, const char *addr, size_t len)
 {
-    if (!s->acct || s->acct->rcpts->len >= 1000)
+    if (!s->acct)
         return;
+    s->acct->last_kept = s->acct->rcpts->len < RCPTS_KEPT;
     acct_rcpt r = {.addr = g_strndup(addr, len)};
+    if (!s->acct->last_kept) {
+        s->acct->extra[domain_local(s, r.addr) ? 1 : 0]++;
+        g_free(r.addr);
+        return;
+    }
     r.local = domain_local(s, r.addr);
     g_array_append_val(s->acct->rcpts, r);
 }
 
 static acct_rcpt *last_rcpt(mx_session *s)
 {
-    if (!s->acct || s->acct->rcpts->len == 0)
+    if (!s->acct || !s->acct->last_kept || s->acct->rcpts->len == 0)
         return NULL;
     return &g_array_index(s->acct->rcpts, acct_rcpt, s->acct->rcpts->len - 1);
 }
@@ -280,6 +293,10 @@ void mx_acct_close(mx_session *s)
         mx_trace_rcpt(a->trace, r->addr, mx_direction_name(rd),
                       counted ? mx_outcome_name(ro) : "not sent", r->reply);
         per[rd][ro]++;
+    }
+    for (int local = 0; local < 2; local++) {
+        acct_rcpt past = {.local = local};
+        per[rcpt_direction(internal, &past)][out] += a->extra[local];
     }
     mx_trace_set(a->trace, MX_TF_DIRECTION, mx_direction_name(dir));
     mx_trace_set(a->trace, MX_TF_OUTCOME,

@@ -154,6 +154,13 @@ class HaproxyCase(mt.IntegrationCase):
             self.wait_up(h, s)
         return h
 
+    def finished_check(self, h, name):
+        """The server's stats row once no check is running: "* L7OK" means
+        one is in progress right now (its code and status are not final)."""
+        return mt.wait_until(lambda: (lambda r: r if not r["check_status"].startswith("*")
+                                      else None)(h.server(name)), 5, 0.02,
+                             "a finished check of %s" % name)
+
     def wait_up(self, h, server, timeout=15):
         """UP after a passed check (servers start UP before any check)."""
         mt.wait_until(lambda: (lambda r: r["status"] == "UP" and r["check_status"] == "L7OK")(
@@ -429,11 +436,7 @@ class TestHealthChecks(HaproxyCase):
         before = int(h.server("mx1")["chkfail"] or 0), int(h.server("mx2")["chkfail"] or 0)
         time.sleep(2)
         for name, n in (("mx1", mx1), ("mx2", mx2)):
-            # "* L7OK" with code 0 means a check is running right now: read
-            # again until the stats show a finished one.
-            row = mt.wait_until(lambda: (lambda r: r if not r["check_status"].startswith("*")
-                                         else None)(h.server(name)), 5, 0.02,
-                                "a finished check of %s" % name)
+            row = self.finished_check(h, name)
             self.assertEqual((row["status"], row["check_status"], row["check_code"]),
                              ("UP", "L7OK", "200"), row)
             self.assertEqual(self.sessions_logged(n), [], "%s: check left SMTP log lines" % name)
@@ -447,7 +450,7 @@ class TestHealthChecks(HaproxyCase):
         h = self.balancer([mx1, mx2], check="smtp", inter="200ms")
         time.sleep(2)
         for name, n in (("mx1", mx1), ("mx2", mx2)):
-            row = h.server(name)
+            row = self.finished_check(h, name)
             self.assertEqual((row["status"], row["check_status"]), ("UP", "L7OK"), row)
             disc = n.events("disconnect")
             self.assertGreaterEqual(len(disc), 3, "%s: no check sessions seen" % name)
