@@ -7,12 +7,12 @@
 #   3. build again with AddressSanitizer + UndefinedBehaviorSanitizer and
 #      run the same tests,
 #   4. build the libFuzzer targets with clang and fuzz each parser for
-#      MX_FUZZ_SECONDS (default 20) seconds.
+#      MX_FUZZ_SECONDS (default 15) seconds.
 # Exits non-zero if anything fails.
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 jobs=$(nproc)
-fuzz_seconds=${MX_FUZZ_SECONDS:-20}
+fuzz_seconds=${MX_FUZZ_SECONDS:-15}
 
 sh "$root/deploy/install-deps.sh"
 
