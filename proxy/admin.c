@@ -1,6 +1,6 @@
 /*
- * admin.c: /health, /metrics, the /v1 reputation endpoints and the
- * backend probe (see admin.h).
+ * admin.c: the HTTP responder, /health, /metrics and the backend probe
+ * (see admin.h); the /v1 endpoints for mxgatectl are in admin_v1.c.
  *
  * A deliberately small HTTP/1.0 responder: one request per connection,
  * bounded request size and time. It is for a load balancer's health check,
@@ -18,64 +18,10 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
-#include "admin.h"
-#include "feed.h"
-#include "report.h"
-#include "trace.h"
+#include "admin_int.h"
 #include "log.h"
 #include "metrics.h"
 #include "policy.h"
-
-/* Request line and headers. */
-#define REQ_MAX 8192
-/* A feed's body (POST /v1/feed), and how many such bodies may be held or
- * applied at once: memory stays under BODY_SLOTS x BODY_MAX. */
-#define BODY_MAX (16u << 20)
-#define BODY_SLOTS 2
-/* Updates applied per turn of the loop: the embedded store never blocks,
- * but a 16 MiB feed would hold /health and signals for a second or more. */
-#define FEED_SLICE 2000
-/* Bad lines listed in one reply; the summary counts them all. */
-#define FEED_ERRORS_MAX 10000
-#define REQ_TIMEOUT 5.
-#define BODY_TIMEOUT 60.
-
-struct mx_admin {
-    mx_server *srv;
-    struct ev_loop *loop;
-    int fd;
-    ev_io lsn;
-    ev_timer probe_timer;
-    int probing;       /* probes in flight */
-    int probe_up;      /* some backend answered 220 in this round */
-    int bodies;        /* requests holding a body slot */
-};
-
-typedef struct http_conn {
-    mx_admin *a;
-    int fd;
-    ev_io io;
-    ev_timer timer;
-    ev_idle work;      /* a feed being applied, a slice per turn */
-    char req[REQ_MAX];
-    size_t len;
-    size_t head;       /* bytes of request line and headers, once complete */
-    char *body;        /* POST: body_want bytes, body_len of them read */
-    size_t body_len, body_want;
-    int slot;          /* holds one of a->bodies */
-    char *target;      /* the request target, for the handler */
-    /* POST /v1/feed */
-    mx_feed_reader *feed;
-    mx_store *store;
-    GString *feed_out;
-    char *source;
-    uint64_t applied, bad, store_errors;
-    int64_t now;
-    gint64 t0;
-    /* the response */
-    char *out;
-    size_t out_len, out_off;
-} http_conn;
 
 typedef struct probe {
     mx_admin *a;
@@ -103,6 +49,35 @@ static void http_close(http_conn *c)
     g_free(c->source);
     g_free(c->out);
     g_free(c);
+}
+
+/* Changes come from this host only: admin.listen also serves the load
+ * balancer and the metrics scraper, which must not be able to allow-list
+ * a sender. Loopback, or the very address the request came in on. */
+int same_host(int fd)
+{
+    struct sockaddr_storage peer, self;
+    socklen_t pl = sizeof(peer), sl = sizeof(self);
+    if (getpeername(fd, (struct sockaddr *)&peer, &pl) < 0 ||
+        getsockname(fd, (struct sockaddr *)&self, &sl) < 0)
+        return 0;
+    if (peer.ss_family == AF_INET) {
+        const struct sockaddr_in *p = (const struct sockaddr_in *)&peer;
+        const struct sockaddr_in *s = (const struct sockaddr_in *)&self;
+        return (ntohl(p->sin_addr.s_addr) >> 24) == 127 ||
+               (self.ss_family == AF_INET && p->sin_addr.s_addr == s->sin_addr.s_addr);
+    }
+    if (peer.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *p = (const struct sockaddr_in6 *)&peer;
+        const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)&self;
+        if (IN6_IS_ADDR_LOOPBACK(&p->sin6_addr))
+            return 1;
+        if (IN6_IS_ADDR_V4MAPPED(&p->sin6_addr) && p->sin6_addr.s6_addr[12] == 127)
+            return 1;
+        return self.ss_family == AF_INET6 &&
+               memcmp(&p->sin6_addr, &s->sin6_addr, sizeof(p->sin6_addr)) == 0;
+    }
+    return peer.ss_family == AF_UNIX;
 }
 
 static const char *status_text(int code)
@@ -138,7 +113,7 @@ static void on_http_write(struct ev_loop *loop, ev_io *w, int revents)
 }
 
 /* Send the response, as many writes as it takes, then close. */
-static void http_respond_len(http_conn *c, int code, const char *body, size_t len)
+void http_respond_len(http_conn *c, int code, const char *body, size_t len)
 {
     GString *r = g_string_sized_new(len + 200);
     g_string_printf(r,
@@ -160,358 +135,18 @@ static void http_respond_len(http_conn *c, int code, const char *body, size_t le
     on_http_write(c->a->loop, &c->io, EV_WRITE);
 }
 
-static void http_respond(http_conn *c, int code, const char *body)
+void http_respond(http_conn *c, int code, const char *body)
 {
     http_respond_len(c, code, body, strlen(body));
 }
 
-static void http_respond_printf(http_conn *c, int code, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
-static void http_respond_printf(http_conn *c, int code, const char *fmt, ...)
+void http_respond_printf(http_conn *c, int code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
     g_autofree char *body = g_strdup_vprintf(fmt, ap);
     va_end(ap);
     http_respond(c, code, body);
-}
-
-/* ---- /v1: reputation and rate limits in the node's embedded store ---- */
-
-/* The value of query parameter name in target, unescaped; NULL when
- * absent. *bad is set when it is present but not decodable. */
-static char *query_param(const char *target, const char *name, int *bad)
-{
-    const char *q = strchr(target, '?');
-    if (!q)
-        return NULL;
-    size_t nl = strlen(name);
-    for (const char *p = q + 1; *p;) {
-        const char *amp = strchr(p, '&');
-        size_t len = amp ? (size_t)(amp - p) : strlen(p);
-        if (len > nl && strncmp(p, name, nl) == 0 && p[nl] == '=') {
-            g_autofree char *raw = g_strndup(p + nl + 1, len - nl - 1);
-            char *v = g_uri_unescape_string(raw, NULL);
-            if (!v)
-                *bad = 1;
-            return v;
-        }
-        if (len == nl && strncmp(p, name, nl) == 0)
-            return g_strdup("");
-        p += len + (amp ? 1 : 0);
-    }
-    return NULL;
-}
-
-/* Changes come from this host only: admin.listen also serves the load
- * balancer and the metrics scraper, which must not be able to allow-list
- * a sender. Loopback, or the very address the request came in on. */
-static int same_host(int fd)
-{
-    struct sockaddr_storage peer, self;
-    socklen_t pl = sizeof(peer), sl = sizeof(self);
-    if (getpeername(fd, (struct sockaddr *)&peer, &pl) < 0 ||
-        getsockname(fd, (struct sockaddr *)&self, &sl) < 0)
-        return 0;
-    if (peer.ss_family == AF_INET) {
-        const struct sockaddr_in *p = (const struct sockaddr_in *)&peer;
-        const struct sockaddr_in *s = (const struct sockaddr_in *)&self;
-        return (ntohl(p->sin_addr.s_addr) >> 24) == 127 ||
-               (self.ss_family == AF_INET && p->sin_addr.s_addr == s->sin_addr.s_addr);
-    }
-    if (peer.ss_family == AF_INET6) {
-        const struct sockaddr_in6 *p = (const struct sockaddr_in6 *)&peer;
-        const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)&self;
-        if (IN6_IS_ADDR_LOOPBACK(&p->sin6_addr))
-            return 1;
-        if (IN6_IS_ADDR_V4MAPPED(&p->sin6_addr) && p->sin6_addr.s6_addr[12] == 127)
-            return 1;
-        return self.ss_family == AF_INET6 &&
-               memcmp(&p->sin6_addr, &s->sin6_addr, sizeof(p->sin6_addr)) == 0;
-    }
-    return peer.ss_family == AF_UNIX;
-}
-
-/* The node's store when it is the embedded one; otherwise a reply. */
-static mx_store *embedded_store(http_conn *c)
-{
-    mx_server *srv = c->a->srv;
-    mx_store *st = srv->policy ? mx_policy_store(srv->policy) : NULL;
-    if (!st) {
-        http_respond(c, 503, "no store: the policy is not running\n");
-        return NULL;
-    }
-    if (strcmp(st->ops->name, "embedded") != 0) {
-        /* a remote store would block this loop: mxgatectl reaches it itself */
-        http_respond(c, 409,
-                     "this node uses memcached (cluster.memcached); run mxgatectl with the "
-                     "node's configuration to reach it directly\n");
-        return NULL;
-    }
-    return st;
-}
-
-static void get_rep(http_conn *c, const char *target, int change)
-{
-    mx_store *st = embedded_store(c);
-    if (!st)
-        return;
-    int bad = 0;
-    g_autofree char *kind = query_param(target, "kind", &bad);
-    g_autofree char *value = query_param(target, "value", &bad);
-    g_autofree char *op = change ? query_param(target, "op", &bad) : NULL;
-    g_autofree char *score = change ? query_param(target, "score", &bad) : NULL;
-    g_autofree char *ttl = change ? query_param(target, "ttl", &bad) : NULL;
-    g_autofree char *flag = change ? query_param(target, "flag", &bad) : NULL;
-    g_autofree char *reason = change ? query_param(target, "reason", &bad) : NULL;
-    g_autofree char *source = change ? query_param(target, "source", &bad) : NULL;
-    if (bad) {
-        http_respond(c, 400, "bad percent-encoding in the query\n");
-        return;
-    }
-    mx_feed_update u;
-    char *err = NULL;
-    /* a read is checked as an update would be, for the same messages */
-    if (mx_feed_update_build(&u, change ? op : "del", kind, value, change ? score : NULL,
-                             change ? ttl : NULL, flag, change ? reason : NULL, &err) < 0) {
-        http_respond_printf(c, 400, "%s\n", err);
-        g_free(err);
-        return;
-    }
-    if (source && (strlen(source) > 63 || strpbrk(source, "\r\n\t"))) {
-        mx_feed_update_clear(&u);
-        http_respond(c, 400, "source: at most 63 bytes on one line\n");
-        return;
-    }
-    int64_t now = (int64_t)time(NULL);
-    if (change) {
-        if (mx_feed_apply(st, &u, now, source && *source ? source : "admin") != MX_STORE_OK) {
-            mx_feed_update_clear(&u);
-            http_respond(c, 503, "store error\n");
-            return;
-        }
-        mx_rep_bump_generation(st);
-        mx_log_msg(MX_LOG_INFO, "reputation_changed", "%s:%s %s by %s",
-                   mx_rep_kind_name(u.kind), u.value, mx_feed_op_name(u.op),
-                   source && *source ? source : "admin");
-    }
-    mx_config *cfg = mx_server_config(c->a->srv);
-    mx_rep r;
-    mx_rep_history h;
-    mx_store_rc rc = mx_rep_read(st, u.kind, u.value, now, cfg->rep_decay, &r);
-    if (rc == MX_STORE_OK)
-        rc = mx_rep_read_history(st, u.kind, u.value, cfg->rep_history, &h);
-    mx_config_unref(cfg);
-    if (rc != MX_STORE_OK) {
-        mx_feed_update_clear(&u);
-        http_respond(c, 503, "store error\n");
-        return;
-    }
-    GString *out = g_string_new(NULL);
-    mx_feed_describe_rep(out, u.kind, u.value, &r, &h, now);
-    mx_feed_update_clear(&u);
-    http_respond_len(c, 200, out->str, out->len);
-    g_string_free(out, TRUE);
-}
-
-static void get_limits(http_conn *c, const char *target)
-{
-    mx_store *st = embedded_store(c);
-    if (!st)
-        return;
-    int bad = 0;
-    g_autofree char *key = query_param(target, "key", &bad);
-    if (bad || !key) {
-        http_respond(c, 400, bad ? "bad percent-encoding in the query\n"
-                                 : "key: missing (GET /v1/limits?key=IP|ADDRESS|DOMAIN)\n");
-        return;
-    }
-    mx_config *cfg = mx_server_config(c->a->srv);
-    GString *out = g_string_new(NULL);
-    int n = mx_feed_describe_limits(out, st, cfg->rules, cfg->nrules, key, (int64_t)time(NULL));
-    mx_config_unref(cfg);
-    http_respond_len(c, n < 0 ? 400 : 200, out->str, out->len);
-    g_string_free(out, TRUE);
-}
-
-static void get_report(http_conn *c, const char *target)
-{
-    mx_store *st = embedded_store(c);
-    if (!st)
-        return;
-    int bad = 0;
-    g_autofree char *hours = query_param(target, "hours", &bad);
-    g_autofree char *format = query_param(target, "format", &bad);
-    mx_config *cfg = mx_server_config(c->a->srv);
-    int max = cfg->report_days * 24;
-    mx_config_unref(cfg);
-    int h = hours ? mx_report_parse_since(hours, max) : 24;
-    int fmt = mx_report_format_parse(format ? format : "text");
-    if (bad || h < 0 || fmt < 0) {
-        http_respond_printf(c, 400, "GET /v1/report?hours=1..%d&format=text|json|csv|html\n",
-                            max);
-        return;
-    }
-    GString *out = g_string_new(NULL);
-    mx_report_produce(out, st, h, (mx_report_format)fmt, (int64_t)time(NULL));
-    http_respond_len(c, 200, out->str, out->len);
-    g_string_free(out, TRUE);
-}
-
-static void get_explain(http_conn *c, const char *target)
-{
-    mx_store *st = embedded_store(c);
-    if (!st)
-        return;
-    int bad = 0;
-    g_autofree char *id = query_param(target, "id", &bad);
-    g_autofree char *format = query_param(target, "format", &bad);
-    if (bad || !id || (format && strcmp(format, "json") != 0 && strcmp(format, "text") != 0)) {
-        http_respond(c, 400, "GET /v1/explain?id=ID&format=text|json\n");
-        return;
-    }
-    GString *out = g_string_new(NULL);
-    char *err = NULL;
-    int r = mx_trace_explain(out, st, id, format && format[0] == 'j', (int64_t)time(NULL), &err);
-    if (r < 0) {
-        http_respond_printf(c, r == -1 ? 404 : 503, "%s\n", err);
-        g_free(err);
-    } else {
-        http_respond_len(c, 200, out->str, out->len);
-    }
-    g_string_free(out, TRUE);
-}
-
-static void feed_finish(http_conn *c)
-{
-    ev_idle_stop(c->a->loop, &c->work);
-    if (c->applied)
-        mx_rep_bump_generation(c->store);
-    double ms = (double)(g_get_monotonic_time() - c->t0) / 1000.;
-    if (c->bad > FEED_ERRORS_MAX)
-        g_string_append_printf(c->feed_out, "(%" G_GUINT64_FORMAT " more bad %ss not listed)\n",
-                               c->bad - FEED_ERRORS_MAX, mx_feed_reader_unit(c->feed));
-    g_string_append_printf(c->feed_out, "applied %" G_GUINT64_FORMAT ", bad %" G_GUINT64_FORMAT
-                           ", in %.0f ms (%.0f/s)\n",
-                           c->applied, c->bad, ms, ms > 0 ? (double)c->applied * 1000. / ms : 0.);
-    mx_log_msg(MX_LOG_INFO, "reputation_feed", "source=%s applied=%" G_GUINT64_FORMAT
-               " bad=%" G_GUINT64_FORMAT " ms=%.0f", c->source, c->applied, c->bad, ms);
-    GString *out = c->feed_out;
-    c->feed_out = NULL;
-    http_respond_len(c, c->store_errors ? 503 : 200, out->str, out->len);
-    g_string_free(out, TRUE);
-}
-
-static void on_feed_work(struct ev_loop *loop, ev_idle *w, int revents)
-{
-    http_conn *c = w->data;
-    for (int i = 0; i < FEED_SLICE; i++) {
-        mx_feed_update u;
-        uint64_t number = 0;
-        char *err = NULL;
-        int rc = mx_feed_reader_next(c->feed, &u, &number, &err);
-        if (rc == MX_FEED_END || rc == MX_FEED_AGAIN) {
-            feed_finish(c);
-            return;
-        }
-        if (rc == MX_FEED_UPDATE && mx_feed_apply(c->store, &u, c->now, c->source) != MX_STORE_OK) {
-            c->store_errors++;
-            err = g_strdup("store error");
-            rc = MX_FEED_BAD;
-        }
-        if (rc == MX_FEED_BAD) {
-            if (++c->bad <= FEED_ERRORS_MAX)
-                g_string_append_printf(c->feed_out, "%s %" G_GUINT64_FORMAT ": %s\n",
-                                       mx_feed_reader_unit(c->feed), number, err);
-            g_free(err);
-        } else {
-            c->applied++;
-        }
-        mx_feed_update_clear(&u);
-    }
-}
-
-static void post_feed(http_conn *c, const char *target)
-{
-    mx_store *st = embedded_store(c);
-    if (!st)
-        return;
-    int bad = 0;
-    g_autofree char *format = query_param(target, "format", &bad);
-    g_autofree char *first = query_param(target, "first", &bad);
-    g_autofree char *source = query_param(target, "source", &bad);
-    if (bad) {
-        http_respond(c, 400, "bad percent-encoding in the query\n");
-        return;
-    }
-    mx_feed_format f = MX_FEED_TEXT;
-    if (format && strcmp(format, "protobuf") == 0) {
-        f = MX_FEED_PROTOBUF;
-    } else if (format && strcmp(format, "text") != 0) {
-        http_respond(c, 400, "format: text or protobuf\n");
-        return;
-    }
-    guint64 n1 = 1;
-    if (first && (!g_ascii_string_to_unsigned(first, 10, 1, G_MAXUINT64 / 2, &n1, NULL))) {
-        http_respond(c, 400, "first: the number of the body's first line, from 1\n");
-        return;
-    }
-    if (source && (strlen(source) > 63 || strpbrk(source, "\r\n\t"))) {
-        http_respond(c, 400, "source: at most 63 bytes on one line\n");
-        return;
-    }
-    c->store = st;
-    c->source = g_strdup(source && *source ? source : "admin");
-    c->feed = mx_feed_reader_new(f, n1);
-    mx_feed_reader_push(c->feed, c->body, c->body_len);
-    mx_feed_reader_finish(c->feed);
-    g_free(c->body);
-    c->body = NULL;
-    c->feed_out = g_string_new(NULL);
-    c->now = (int64_t)time(NULL);
-    c->t0 = g_get_monotonic_time();
-    ev_io_stop(c->a->loop, &c->io);
-    ev_idle_init(&c->work, on_feed_work);
-    c->work.data = c;
-    ev_idle_start(c->a->loop, &c->work);
-}
-
-static void handle_v1(http_conn *c, const char *method, const char *target)
-{
-    size_t plen = strcspn(target, "?");
-    int post = strcmp(method, "POST") == 0;
-    int get = strcmp(method, "GET") == 0;
-    if (post && !same_host(c->fd)) {
-        http_respond(c, 403, "changes are accepted from this host only\n");
-        return;
-    }
-    if (plen == 7 && strncmp(target, "/v1/rep", 7) == 0) {
-        if (get || post)
-            get_rep(c, target, post);
-        else
-            http_respond(c, 405, "GET or POST /v1/rep\n");
-    } else if (plen == 10 && strncmp(target, "/v1/limits", 10) == 0) {
-        if (get)
-            get_limits(c, target);
-        else
-            http_respond(c, 405, "GET /v1/limits\n");
-    } else if (plen == 10 && strncmp(target, "/v1/report", 10) == 0) {
-        if (get)
-            get_report(c, target);
-        else
-            http_respond(c, 405, "GET /v1/report\n");
-    } else if (plen == 11 && strncmp(target, "/v1/explain", 11) == 0) {
-        if (get)
-            get_explain(c, target);
-        else
-            http_respond(c, 405, "GET /v1/explain\n");
-    } else if (plen == 8 && strncmp(target, "/v1/feed", 8) == 0) {
-        if (post)
-            post_feed(c, target);
-        else
-            http_respond(c, 405, "POST /v1/feed\n");
-    } else {
-        http_respond(c, 404, "not found\n");
-    }
 }
 
 /* ---- GET /metrics: Prometheus text format 0.0.4 ---- */

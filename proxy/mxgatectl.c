@@ -8,51 +8,26 @@
  *   mxgatectl [-c FILE] report [--since 24h|7d] [--format text|json|csv|html]
  *   mxgatectl [-c FILE] explain ID [--format text|json]
  *
- * Where the store is: with cluster.memcached set, mxgatectl talks to
- * memcached itself, with the cluster key (the same store a node builds,
- * without its threads). Without it the store is embedded in the running
- * node, so mxgatectl asks the node over HTTP at admin.listen (/v1/rep,
- * /v1/feed, /v1/limits; see admin.c).
- *
- * Feeds are read as they arrive and applied in batches of up to
- * FEED_BATCH updates, or fewer when the input pauses (an incremental feed
- * on a pipe). Against memcached a batch is spread over threads by key, so
- * two updates of one record keep their order. The reputation generation
- * is bumped after every FEED_BATCH updates, when the input has been idle
- * for a second, and at the end, so nodes drop their caches about once per
- * batch rather than once per line.
+ * This file has the command line, its dispatch and the small commands (rep,
+ * limits, report, explain). Where the store is (memcached, or the node over
+ * HTTP at admin.listen) is ctl_http.c; the feed command is ctl_feed.c.
  */
-#include <errno.h>
-#include <fcntl.h>
-#include <inttypes.h>
-#include <netinet/in.h>
-#include <poll.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <glib.h>
 
 #include "config.h"
+#include "ctl_int.h"
 #include "feed.h"
 #include "log.h"
 #include "report.h"
 #include "trace.h"
 #include "policy.h"
-#include "ratelimit.h"
 #include "reputation.h"
-
-#define FEED_BATCH 50000
-#define READ_CHUNK (1 << 20)
-/* what one POST /v1/feed carries: under the node's 16 MiB limit */
-#define POST_MAX (15u << 20)
-#define HTTP_CONNECT_MS 5000
-#define HTTP_IO_SECONDS 120
-#define THREADS_MAX 64
-#define CTL_STORE_TIMEOUT_MS 2000
 
 static const char usage_text[] =
     "usage: mxgatectl [-c FILE] [-o section.key=value]... COMMAND\n"
@@ -94,8 +69,7 @@ static const char usage_text[] =
     "Exit status: 0 done; 1 bad lines, or the store or node failed; 2 usage or\n"
     "configuration error.\n";
 
-static void die_usage(const char *fmt, ...) G_GNUC_PRINTF(1, 2) G_GNUC_NORETURN;
-static void die_usage(const char *fmt, ...)
+void die_usage(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -107,18 +81,6 @@ static void die_usage(const char *fmt, ...)
 }
 
 /* ---- the command line ---- */
-
-typedef struct opts {
-    const char *config;
-    GPtrArray *overrides;   /* char*, NULL-terminated when used */
-    const char *ttl;
-    const char *flag;       /* "block", "allow" or NULL */
-    const char *reason;
-    const char *format;
-    const char *since;
-    int threads;
-    GPtrArray *args;        /* positionals */
-} opts;
 
 /* An option's value: "--name=V" or the next argument. */
 static const char *opt_value(int argc, char **argv, int *i, const char *name)
@@ -182,161 +144,6 @@ static void parse_args(int argc, char **argv, opts *o)
         }
     }
     g_ptr_array_add(o->overrides, NULL);
-}
-
-/* ---- where the store is ---- */
-
-typedef struct ctl {
-    mx_config *cfg;
-    mx_policy *policy;      /* memcached: the store's owner */
-    mx_store *store;        /* NULL: ask the node over HTTP */
-    struct sockaddr_storage node;
-    socklen_t node_len;
-} ctl;
-
-static int open_store(ctl *c, char **err)
-{
-    if (*c->cfg->cluster_memcached) {
-        /* not on the mail path: a slow answer beats a line reported as
-         * failed (and a breaker opened by a busy machine) */
-        if (c->cfg->cluster_timeout < CTL_STORE_TIMEOUT_MS)
-            c->cfg->cluster_timeout = CTL_STORE_TIMEOUT_MS;
-        c->policy = mx_policy_new(c->cfg, err);
-        if (!c->policy)
-            return -1;
-        c->store = mx_policy_store(c->policy);
-        return 0;
-    }
-    if (!c->cfg->admin.len) {
-        *err = g_strdup("cluster.memcached is empty, so the store is embedded in the node, "
-                        "and admin.listen is empty, so the node cannot be reached: set one");
-        return -1;
-    }
-    memcpy(&c->node, &c->cfg->admin.sa, sizeof(c->node));
-    c->node_len = c->cfg->admin.len;
-    /* a wildcard listener is reached on loopback */
-    if (c->node.ss_family == AF_INET) {
-        struct sockaddr_in *s = (struct sockaddr_in *)&c->node;
-        if (s->sin_addr.s_addr == htonl(INADDR_ANY))
-            s->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    } else if (c->node.ss_family == AF_INET6) {
-        struct sockaddr_in6 *s = (struct sockaddr_in6 *)&c->node;
-        if (IN6_IS_ADDR_UNSPECIFIED(&s->sin6_addr))
-            s->sin6_addr = in6addr_loopback;
-    }
-    return 0;
-}
-
-/* open_store, saying why it failed: 0, or the exit status 2. */
-static int open_store_or_say(ctl *c)
-{
-    char *err = NULL;
-    if (open_store(c, &err) == 0)
-        return 0;
-    fprintf(stderr, "mxgatectl: %s\n", err);
-    g_free(err);
-    return 2;
-}
-
-/* ---- HTTP to the node ---- */
-
-typedef struct http_reply {
-    int status;
-    char *body;
-    size_t len;
-} http_reply;
-
-static int send_all(int fd, const void *p, size_t n)
-{
-    const char *d = p;
-    while (n > 0) {
-        ssize_t w = send(fd, d, n, MSG_NOSIGNAL);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return -1;
-        d += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
-/* One request, HTTP/1.0, the reply read to its end. */
-static int http_call(ctl *c, const char *method, const char *target, const void *body,
-                     size_t len, http_reply *out, char **err)
-{
-    memset(out, 0, sizeof(*out));
-    const char *where = c->cfg->admin.text;
-    int fd = socket(c->node.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) {
-        *err = g_strdup_printf("socket: %s", g_strerror(errno));
-        return -1;
-    }
-    if (connect(fd, (struct sockaddr *)&c->node, c->node_len) < 0 && errno != EINPROGRESS) {
-        *err = g_strdup_printf("cannot connect to the node at admin.listen %s: %s", where,
-                               g_strerror(errno));
-        close(fd);
-        return -1;
-    }
-    struct pollfd p = {.fd = fd, .events = POLLOUT};
-    int soerr = 0;
-    socklen_t sl = sizeof(soerr);
-    if (poll(&p, 1, HTTP_CONNECT_MS) != 1 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0 ||
-        soerr) {
-        *err = g_strdup_printf("cannot connect to the node at admin.listen %s: %s", where,
-                               soerr ? g_strerror(soerr) : "timed out");
-        close(fd);
-        return -1;
-    }
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-    struct timeval tv = {.tv_sec = HTTP_IO_SECONDS};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    g_autofree char *head = g_strdup_printf(
-        "%s %s HTTP/1.0\r\nHost: mxgate\r\nUser-Agent: mxgatectl/%s\r\n"
-        "Content-Type: %s\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
-        method, target, MX_VERSION, body ? "application/octet-stream" : "text/plain", len);
-    if (send_all(fd, head, strlen(head)) < 0 || (len && send_all(fd, body, len) < 0)) {
-        *err = g_strdup_printf("sending to the node at %s: %s", where, g_strerror(errno));
-        close(fd);
-        return -1;
-    }
-    GString *r = g_string_new(NULL);
-    char buf[65536];
-    for (;;) {
-        ssize_t n = recv(fd, buf, sizeof(buf), 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            *err = g_strdup_printf("reading from the node at %s: %s", where, g_strerror(errno));
-            close(fd);
-            g_string_free(r, TRUE);
-            return -1;
-        }
-        if (n == 0)
-            break;
-        g_string_append_len(r, buf, n);
-    }
-    close(fd);
-    const char *sep = strstr(r->str, "\r\n\r\n");
-    if (!g_str_has_prefix(r->str, "HTTP/1.") || r->len < 12 || !sep) {
-        *err = g_strdup_printf("the node at %s sent no HTTP reply", where);
-        g_string_free(r, TRUE);
-        return -1;
-    }
-    out->status = atoi(r->str + 9);
-    out->len = r->len - (size_t)(sep + 4 - r->str);
-    out->body = g_strndup(sep + 4, out->len);
-    g_string_free(r, TRUE);
-    return 0;
-}
-
-static void query_add(GString *q, const char *name, const char *value)
-{
-    if (!value)
-        return;
-    g_autofree char *e = g_uri_escape_string(value, NULL, FALSE);
-    g_string_append_printf(q, "%c%s=%s", strchr(q->str, '?') ? '&' : '?', name, e);
 }
 
 /* ---- rep ---- */
@@ -438,22 +245,6 @@ static int cmd_rep(ctl *c, opts *o)
     return rc;
 }
 
-/* What the node answered to GET target, on stdout (200) or stderr. */
-static int ask_node(ctl *c, GString *q)
-{
-    char *err = NULL;
-    http_reply hr;
-    int rc = http_call(c, "GET", q->str, NULL, 0, &hr, &err);
-    if (rc < 0) {
-        fprintf(stderr, "mxgatectl: %s\n", err);
-        g_free(err);
-        return 1;
-    }
-    fwrite(hr.body, 1, hr.len, hr.status == 200 ? stdout : stderr);
-    g_free(hr.body);
-    return hr.status == 200 ? 0 : 1;
-}
-
 /* ---- limits ---- */
 
 static int cmd_limits(ctl *c, opts *o)
@@ -549,323 +340,6 @@ static int cmd_explain(ctl *c, opts *o)
     int rc = ask_node(c, q);
     g_string_free(q, TRUE);
     return rc;
-}
-
-/* ---- feed ---- */
-
-typedef struct item {
-    uint64_t number;
-    mx_feed_update u;
-    char *err;              /* a bad line, or what applying it gave */
-} item;
-
-typedef struct feed {
-    ctl *c;
-    mx_feed_reader *rd;
-    const char *unit;
-    const char *source;
-    int threads;
-    GArray *batch;          /* item */
-    uint64_t applied, bad, unbumped;
-    int failed;             /* the node refused a batch: stop */
-} feed;
-
-typedef struct part {
-    feed *f;
-    GArray *idx;            /* guint: this thread's items, in order */
-    int64_t now;
-} part;
-
-/* Updates per multi-get. */
-#define APPLY_CHUNK 512
-
-static gpointer apply_part(gpointer data)
-{
-    part *p = data;
-    item *items = (item *)(void *)p->f->batch->data;
-    const mx_feed_update *u[APPLY_CHUNK];
-    mx_store_rc rcs[APPLY_CHUNK];
-    for (guint from = 0; from < p->idx->len; from += APPLY_CHUNK) {
-        guint n = p->idx->len - from < APPLY_CHUNK ? p->idx->len - from : APPLY_CHUNK;
-        for (guint i = 0; i < n; i++)
-            u[i] = &items[g_array_index(p->idx, guint, from + i)].u;
-        mx_feed_apply_many(p->f->c->store, u, n, p->now, p->f->source, rcs);
-        for (guint i = 0; i < n; i++) {
-            item *it = &items[g_array_index(p->idx, guint, from + i)];
-            if (rcs[i] != MX_STORE_OK)
-                it->err = g_strdup("store error (memcached unreachable or failing)");
-        }
-    }
-    return NULL;
-}
-
-static void apply_store(feed *f)
-{
-    GArray *b = f->batch;
-    item *items = (item *)(void *)b->data;
-    int t = f->threads;
-    if ((guint)t > b->len / 64 + 1)
-        t = (int)(b->len / 64 + 1); /* few updates: no thread would pay for itself */
-    part parts[THREADS_MAX];
-    int64_t now = (int64_t)time(NULL);
-    for (int i = 0; i < t; i++) {
-        parts[i].f = f;
-        parts[i].idx = g_array_new(FALSE, FALSE, sizeof(guint));
-        parts[i].now = now;
-    }
-    /* by record, so the updates of one record stay in feed order */
-    for (guint i = 0; i < b->len; i++) {
-        if (items[i].err)
-            continue;
-        guint h = g_str_hash(items[i].u.value) * 31u + (guint)items[i].u.kind;
-        g_array_append_val(parts[h % (guint)t].idx, i);
-    }
-    GThread *th[THREADS_MAX];
-    for (int i = 1; i < t; i++)
-        th[i] = g_thread_new("mxgatectl-feed", apply_part, &parts[i]);
-    apply_part(&parts[0]);
-    for (int i = 1; i < t; i++)
-        g_thread_join(th[i]);
-    for (int i = 0; i < t; i++)
-        g_array_free(parts[i].idx, TRUE);
-}
-
-/* One POST of items [from, to) that parsed, as protobuf entries. */
-static int post_part(feed *f, guint from, guint to)
-{
-    item *items = (item *)(void *)f->batch->data;
-    GByteArray *body = g_byte_array_new();
-    GArray *numbers = g_array_new(FALSE, FALSE, sizeof(guint));
-    for (guint i = from; i < to; i++) {
-        if (items[i].err)
-            continue;
-        mx_feed_encode_protobuf(&items[i].u, body);
-        g_array_append_val(numbers, i);
-    }
-    int rc = 0;
-    if (numbers->len == 0)
-        goto out;
-    GString *q = g_string_new("/v1/feed");
-    query_add(q, "format", "protobuf");
-    query_add(q, "source", f->source);
-    http_reply hr;
-    char *err = NULL;
-    int tries = 0;
-    for (;;) {
-        if (http_call(f->c, "POST", q->str, body->data, body->len, &hr, &err) < 0) {
-            fprintf(stderr, "mxgatectl: %s\n", err);
-            g_free(err);
-            rc = -1;
-            break;
-        }
-        /* another feed holds the node's slots: wait for it */
-        if (hr.status == 503 && g_str_has_prefix(hr.body, "busy") && ++tries < 60) {
-            g_free(hr.body);
-            g_usleep(G_USEC_PER_SEC);
-            continue;
-        }
-        break;
-    }
-    g_string_free(q, TRUE);
-    if (rc < 0)
-        goto out;
-    if (hr.status != 200 && !strstr(hr.body, "\napplied ") && !g_str_has_prefix(hr.body, "applied ")) {
-        fprintf(stderr, "mxgatectl: the node answered %d: %s", hr.status, hr.body);
-        g_free(hr.body);
-        rc = -1;
-        goto out;
-    }
-    /* "entry K: what" names the K-th entry of this body: give it back its line */
-    gchar **lines = g_strsplit(hr.body, "\n", -1);
-    guint64 listed = 0, node_bad = 0;
-    for (int i = 0; lines[i]; i++) {
-        const char *l = lines[i];
-        guint64 k, a, b;
-        char *end;
-        if (g_str_has_prefix(l, "entry ")) {
-            k = g_ascii_strtoull(l + 6, &end, 10);
-            if (end != l + 6 && *end == ':' && k >= 1 && k <= numbers->len) {
-                item *it = &items[g_array_index(numbers, guint, k - 1)];
-                it->err = g_strdup(end[1] == ' ' ? end + 2 : end + 1);
-                listed++;
-                continue;
-            }
-        }
-        if (sscanf(l, "applied %" SCNu64 ", bad %" SCNu64, &a, &b) == 2) {
-            f->applied += a;
-            node_bad = b;
-            continue;
-        }
-        if (*l)
-            fprintf(stderr, "%s\n", l);
-    }
-    g_strfreev(lines);
-    g_free(hr.body);
-    /* listed ones are counted when their lines are printed; the rest here */
-    if (node_bad > listed)
-        f->bad += node_bad - listed;
-out:
-    g_byte_array_unref(body);
-    g_array_free(numbers, TRUE);
-    return rc;
-}
-
-static void apply_node(feed *f)
-{
-    item *items = (item *)(void *)f->batch->data;
-    guint from = 0;
-    size_t bytes = 0;
-    for (guint i = 0; i < f->batch->len && !f->failed; i++) {
-        /* an entry is at most about MX_FEED_LINE_MAX bytes encoded */
-        bytes += items[i].err ? 0 : strlen(items[i].u.value) + 32 +
-                                        (items[i].u.reason ? strlen(items[i].u.reason) : 0);
-        if (bytes >= POST_MAX) {
-            if (post_part(f, from, i + 1) < 0)
-                f->failed = 1;
-            from = i + 1;
-            bytes = 0;
-        }
-    }
-    if (!f->failed && from < f->batch->len && post_part(f, from, f->batch->len) < 0)
-        f->failed = 1;
-}
-
-static void bump(feed *f)
-{
-    if (!f->c->store || !f->unbumped)
-        return;
-    if (mx_rep_bump_generation(f->c->store) != MX_STORE_OK)
-        fprintf(stderr, "mxgatectl: the generation could not be bumped: nodes see these "
-                        "changes when their cache entries expire\n");
-    f->unbumped = 0;
-}
-
-static void flush(feed *f)
-{
-    GArray *b = f->batch;
-    if (b->len == 0)
-        return;
-    if (f->c->store) {
-        apply_store(f);
-    } else {
-        apply_node(f);
-    }
-    item *items = (item *)(void *)b->data;
-    uint64_t good = 0;
-    for (guint i = 0; i < b->len; i++) {
-        if (items[i].err) {
-            fprintf(stderr, "%s %" PRIu64 ": %s\n", f->unit, items[i].number, items[i].err);
-            f->bad++;
-            g_free(items[i].err);
-        } else {
-            good++;
-        }
-        mx_feed_update_clear(&items[i].u);
-    }
-    if (f->c->store)
-        f->applied += good; /* over HTTP, the node's summaries counted them */
-    f->unbumped += good;
-    g_array_set_size(b, 0);
-    if (f->unbumped >= FEED_BATCH)
-        bump(f);
-}
-
-static int cmd_feed(ctl *c, opts *o)
-{
-    if (o->args->len > 2)
-        die_usage("feed: one FILE (or - for stdin); unexpected \"%s\"",
-                  (char *)g_ptr_array_index(o->args, 2));
-    if (o->ttl || o->flag || o->reason)
-        die_usage("feed takes no --ttl, --block, --allow or --reason: they are in its lines");
-    mx_feed_format fmt = MX_FEED_TEXT;
-    if (o->format && strcmp(o->format, "protobuf") == 0)
-        fmt = MX_FEED_PROTOBUF;
-    else if (o->format && strcmp(o->format, "text") != 0)
-        die_usage("--format: \"%s\" is neither text nor protobuf", o->format);
-    const char *path = o->args->len > 1 ? g_ptr_array_index(o->args, 1) : "-";
-    int fd = 0;
-    if (strcmp(path, "-") != 0) {
-        fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0) {
-            fprintf(stderr, "mxgatectl: %s: %s\n", path, g_strerror(errno));
-            return 2;
-        }
-    }
-    char *err = NULL;
-    if (open_store(c, &err) < 0) {
-        fprintf(stderr, "mxgatectl: %s\n", err);
-        g_free(err);
-        if (fd > 0)
-            close(fd);
-        return 2;
-    }
-    g_autofree char *base = g_path_get_basename(path);
-    g_autofree char *source = g_strdup_printf("feed:%s", strcmp(path, "-") ? base : "stdin");
-    feed f = {
-        .c = c,
-        .rd = mx_feed_reader_new(fmt, 1),
-        .source = source,
-        .threads = o->threads ? o->threads : c->cfg->cluster_threads,
-        .batch = g_array_new(FALSE, TRUE, sizeof(item)),
-    };
-    if (f.threads > THREADS_MAX)
-        f.threads = THREADS_MAX;
-    f.unit = mx_feed_reader_unit(f.rd);
-    gint64 t0 = g_get_monotonic_time();
-    char *buf = g_malloc(READ_CHUNK);
-    int rc = 0;
-    while (!f.failed) {
-        item it;
-        memset(&it, 0, sizeof(it));
-        int r = mx_feed_reader_next(f.rd, &it.u, &it.number, &it.err);
-        if (r == MX_FEED_UPDATE || r == MX_FEED_BAD) {
-            g_array_append_val(f.batch, it);
-            if (f.batch->len >= FEED_BATCH)
-                flush(&f);
-            continue;
-        }
-        if (r == MX_FEED_END)
-            break;
-        /* the reader wants more: apply what is pending if the input pauses */
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        int wait = f.batch->len ? 0 : f.unbumped ? 1000 : -1;
-        int ready = poll(&p, 1, wait);
-        if (ready == 0) {
-            if (f.batch->len)
-                flush(&f);
-            else
-                bump(&f); /* idle for a second: let the nodes see what came */
-            continue;
-        }
-        if (ready < 0 && errno == EINTR)
-            continue;
-        ssize_t n = read(fd, buf, READ_CHUNK);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            fprintf(stderr, "mxgatectl: reading %s: %s\n", path, g_strerror(errno));
-            rc = 1;
-            break;
-        }
-        if (n == 0)
-            mx_feed_reader_finish(f.rd);
-        else
-            mx_feed_reader_push(f.rd, buf, (size_t)n);
-    }
-    flush(&f);
-    bump(&f);
-    double ms = (double)(g_get_monotonic_time() - t0) / 1000.;
-    printf("applied %" PRIu64 ", bad %" PRIu64 ", in %.0f ms (%.0f/s)\n", f.applied, f.bad, ms,
-           ms > 0 ? (double)f.applied * 1000. / ms : 0.);
-    if (f.failed)
-        fprintf(stderr, "mxgatectl: stopped: the node did not take the feed; lines after the "
-                        "last one reported may not be applied\n");
-    g_free(buf);
-    g_array_free(f.batch, TRUE);
-    mx_feed_reader_free(f.rd);
-    if (fd > 0)
-        close(fd);
-    return rc || f.bad || f.failed ? 1 : 0;
 }
 
 int main(int argc, char **argv)
