@@ -164,14 +164,6 @@ void mx_trace_rep(mx_trace *t, const char *stage, const char *key, int found, in
     add_item(t, t->reps, r, free_rep);
 }
 
-int mx_trace_has_rules(mx_trace *t)
-{
-    g_mutex_lock(&t->lock);
-    int n = (int)(t->rules->len + t->reps->len);
-    g_mutex_unlock(&t->lock);
-    return n > 0;
-}
-
 void mx_trace_adopt(mx_trace *dst, mx_trace *src)
 {
     GPtrArray *rules = g_ptr_array_new(), *reps = g_ptr_array_new();
@@ -220,6 +212,8 @@ GBytes *mx_trace_encode(mx_trace *t, uint64_t duration_ms)
     m.started_unix = (uint64_t)t->started;
     m.has_duration_ms = 1;
     m.duration_ms = duration_ms;
+    m.has_items_not_kept = t->dropped != 0;
+    m.items_not_kept = t->dropped;
     m.client = t->field[MX_TF_CLIENT];
     m.helo = t->field[MX_TF_HELO];
     m.tls = t->field[MX_TF_TLS];
@@ -381,6 +375,9 @@ static void describe_text(GString *out, const Mxgate__Trace *m, int64_t now)
         g_string_append(out, "scan: not scanned\n");
     }
     line(out, "backend reply", m->backend_reply);
+    if (m->items_not_kept)
+        g_string_append_printf(out, "not kept: %u more rules, reads or recipients (the record "
+                               "keeps %d of each)\n", m->items_not_kept, MAX_ITEMS);
 }
 
 static void json_field(GString *out, const char *name, const char *value, int *first)
@@ -399,8 +396,9 @@ static void describe_json(GString *out, const Mxgate__Trace *m)
     json_field(out, "id", m->id, &first);
     json_field(out, "session", m->session, &first);
     json_field(out, "node", m->node, &first);
-    g_string_append_printf(out, ", \"started_unix\": %" PRIu64 ", \"duration_ms\": %" PRIu64,
-                           m->started_unix, m->duration_ms);
+    g_string_append_printf(out, ", \"started_unix\": %" PRIu64 ", \"duration_ms\": %" PRIu64
+                           ", \"items_not_kept\": %u",
+                           m->started_unix, m->duration_ms, m->items_not_kept);
     json_field(out, "client", m->client, &first);
     json_field(out, "helo", m->helo, &first);
     json_field(out, "tls", m->tls, &first);

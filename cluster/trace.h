@@ -51,7 +51,6 @@ void mx_trace_rule(mx_trace *t, const char *stage, const char *name, const char 
                    uint64_t limit, const char *verdict);
 void mx_trace_rep(mx_trace *t, const char *stage, const char *key, int found, int32_t score,
                   int block, int allow, const char *source, uint64_t age_seconds);
-int mx_trace_has_rules(mx_trace *t);
 /* Copy src's rules and reputation reads into dst (the connection's checks
  * into each of its transactions' records). */
 void mx_trace_adopt(mx_trace *dst, mx_trace *src);

@@ -23,11 +23,9 @@ struct mx_acct {
     mx_trace *trace;
     gint64 started;      /* monotonic us */
     GArray *rcpts;       /* acct_rcpt */
-    int mail_refused;
-    mx_outcome mail_outcome;
-    int ended;           /* the message got its final reply */
-    mx_outcome final;
-    int refused;         /* a refusal that did not end it (DATA tempfailed ...) */
+    int mail_refused;    /* refusal is MAIL's */
+    int ended;           /* the message got its final reply: refusal is it */
+    int refused;         /* refusal holds the last refusal or final reply */
     mx_outcome refusal;
     int last_kept;       /* the last RCPT is in rcpts (the first 1000 are) */
     uint64_t extra[2];   /* RCPTs past those, to remote [0] and local [1]
@@ -186,7 +184,6 @@ void mx_acct_mail_refused(mx_session *s, mx_outcome o, const char *reply, const 
     if (!s->acct)
         return;
     s->acct->mail_refused = 1;
-    s->acct->mail_outcome = o;
     mx_acct_refusal(s, o, reply, why);
 }
 
@@ -199,11 +196,6 @@ void mx_acct_refusal(mx_session *s, mx_outcome o, const char *reply, const char 
     g_autofree char *l = reply_line(reply);
     mx_trace_set(s->acct->trace, MX_TF_FINAL_REPLY, l);
     mx_acct_why(s, why);
-}
-
-mx_direction mx_acct_direction(const mx_session *s)
-{
-    return s->acct ? message_direction(mx_acct_internal(s), s->acct->rcpts) : MX_DIR_INBOUND;
 }
 
 void mx_acct_scan(mx_session *s, const mx_scan_result *r)
@@ -234,19 +226,14 @@ void mx_acct_end(mx_session *s, mx_outcome o, const char *reply, const char *why
         return;
     mx_acct_refusal(s, o, reply, why); /* the final reply and why, as for a refusal */
     s->acct->ended = 1;
-    s->acct->final = o;
     mx_acct_close(s);
 }
 
 /* The message's outcome; 0 when it has none to count (an address probe). */
 static int message_outcome(const mx_acct *a, mx_outcome *o)
 {
-    if (a->ended) {
-        *o = a->final;
-        return 1;
-    }
-    if (a->mail_refused) {
-        *o = a->mail_outcome;
+    if (a->ended || a->mail_refused) {
+        *o = a->refusal;
         return 1;
     }
     for (guint i = 0; i < a->rcpts->len; i++) {

@@ -56,9 +56,6 @@ void mx_acct_mail_refused(mx_session *s, mx_outcome o, const char *reply, const 
  * scanner is down ...): the outcome if nothing else ends it. */
 void mx_acct_refusal(mx_session *s, mx_outcome o, const char *reply, const char *why);
 
-/* The open transaction's direction so far. */
-mx_direction mx_acct_direction(const mx_session *s);
-
 /* The message got its final reply (text as sent): count and close. */
 void mx_acct_end(mx_session *s, mx_outcome o, const char *reply, const char *why);
 

@@ -793,6 +793,29 @@ void mx_policy_metrics(mx_policy *p, GString *out)
             (unsigned long long)atomic_load(&st->fast_failed),
             (unsigned long long)atomic_load(&st->bad_records));
     }
+    g_string_append_printf(
+        out,
+        "# HELP mxgate_trace_records_dropped_total Decision records not kept: too many waiting, "
+        "or the store refused them.\n"
+        "# TYPE mxgate_trace_records_dropped_total counter\n"
+        "mxgate_trace_records_dropped_total %llu\n"
+        "# HELP mxgate_report_counts_lost_total Report counts the store did not take.\n"
+        "# TYPE mxgate_report_counts_lost_total counter\n"
+        "mxgate_report_counts_lost_total %llu\n",
+        (unsigned long long)atomic_load(&p->traces_dropped),
+        (unsigned long long)atomic_load(&p->counts_lost));
+    if (!p->memcached) {
+        uint64_t evicted = 0;
+        size_t bytes = mx_store_embedded_bytes(p->store, &evicted);
+        g_string_append_printf(
+            out,
+            "# HELP mxgate_store_embedded_bytes What the embedded store holds (estimate).\n"
+            "# TYPE mxgate_store_embedded_bytes gauge\nmxgate_store_embedded_bytes %zu\n"
+            "# HELP mxgate_store_embedded_evicted_total Entries dropped at cluster.embedded_max_size.\n"
+            "# TYPE mxgate_store_embedded_evicted_total counter\n"
+            "mxgate_store_embedded_evicted_total %llu\n",
+            bytes, (unsigned long long)evicted);
+    }
     if (p->store->ops->server_state) {
         g_string_append(out, "# HELP mxgate_store_breaker_state 0 closed, 1 open, 2 half-open.\n"
                              "# TYPE mxgate_store_breaker_state gauge\n");
