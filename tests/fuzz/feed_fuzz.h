@@ -38,6 +38,24 @@ static void check_roundtrip(const mx_feed_update *u, uint64_t first)
     g_byte_array_unref(b);
 }
 
+/* Each target's own checks of an update it read. */
+static void check_update(const mx_feed_update *u);
+
+/* One item the reader gave, as a log line: whole and in pieces must log
+ * the same, and the same as the target's oracle. */
+static void log_item(GString *log, int rc, uint64_t n, const mx_feed_update *u, const char *err)
+{
+    if (rc == MX_FEED_BAD) {
+        CHECK(err != NULL && err[0] != 0);
+        g_string_append_printf(log, "%llu!%s\n", (unsigned long long)n, err);
+        return;
+    }
+    check_update(u);
+    g_string_append_printf(log, "%llu:%d:%s:%d:%d:%u:%s\n", (unsigned long long)n, (int)u->kind,
+                           u->value, (int)u->op, (int)u->score, u->ttl,
+                           u->reason ? u->reason : "-");
+}
+
 typedef void (*feed_drain_fn)(mx_feed_reader *r, GString *log, int finished);
 
 /* The reader's items when the input arrives step bytes at a time, each

@@ -35,18 +35,6 @@ static void check_update(const mx_feed_update *u)
     check_roundtrip(u, 7);
 }
 
-static void log_item(GString *log, int rc, uint64_t n, const mx_feed_update *u, const char *err)
-{
-    if (rc == MX_FEED_BAD) {
-        CHECK(err != NULL && err[0] != 0);
-        g_string_append_printf(log, "%llu!%s\n", (unsigned long long)n, err);
-        return;
-    }
-    check_update(u);
-    g_string_append_printf(log, "%llu:%d:%s:%d:%d:%u\n", (unsigned long long)n, (int)u->kind,
-                           u->value, (int)u->op, (int)u->score, u->ttl);
-}
-
 static void drain(mx_feed_reader *r, GString *log, int finished)
 {
     for (;;) {

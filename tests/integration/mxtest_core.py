@@ -294,6 +294,18 @@ MXGATE_RECEIVED = re.compile(
     r"(?: for <[^>]*>)?; (?P<date>.+)$")
 
 
+def varint(n):
+    """n as a protobuf varint (the tests encode records and feeds by hand)."""
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out += bytes([b | 0x80])
+        else:
+            return out + bytes([b])
+
+
 def make_message(subject="mxgate test", body=None, extra_headers=(), sender="sender@client.test",
                  to="alice@example.test"):
     """A message with CRLF line endings, ending in CRLF (not dot-stuffed)."""

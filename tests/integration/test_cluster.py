@@ -65,28 +65,17 @@ def signed(cluster_key, mckey, value):
     return b"\x01" + mac.digest() + value
 
 
-def _varint(n):
-    out = b""
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out += bytes([b | 0x80])
-        else:
-            return out + bytes([b])
-
-
 def reputation_pb(score=0, block=False, allow=False, reason="", source="test", expires=0):
     """proto/mxgate.proto Reputation, encoded by hand (version 1)."""
-    out = b"\x08" + _varint(1)
-    out += b"\x10" + _varint((score << 1) ^ (score >> 31))  # zigzag (sint32)
-    out += b"\x18" + _varint(int(time.time()))
+    out = b"\x08" + mt.varint(1)
+    out += b"\x10" + mt.varint((score << 1) ^ (score >> 31))  # zigzag (sint32)
+    out += b"\x18" + mt.varint(int(time.time()))
     if expires:
-        out += b"\x20" + _varint(expires)
+        out += b"\x20" + mt.varint(expires)
     for field, text in ((5, reason), (6, source)):
         if text:
             t = text.encode()
-            out += bytes([field << 3 | 2]) + _varint(len(t)) + t
+            out += bytes([field << 3 | 2]) + mt.varint(len(t)) + t
     if block:
         out += b"\x38\x01"
     if allow:

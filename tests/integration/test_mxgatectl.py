@@ -44,36 +44,25 @@ SUMMARY = re.compile(r"^applied (\d+), bad (\d+), in \d+ ms \(\d+/s\)$")
 
 # ---------------------------------------------------------------- helpers
 
-def varint(n):
-    out = b""
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out += bytes([b | 0x80])
-        else:
-            return out + bytes([b])
-
-
 def feed_update(version=1, kind=1, value="192.0.2.1", op=1, score=None, ttl=None, reason=None):
     """proto/mxgate.proto FeedUpdate, encoded by hand.
     kind: IP 1, NET 2, DOMAIN 3, SENDER 4; op: SET 1, ADD 2, DEL 3, BLOCK 4, ALLOW 5."""
-    out = b"\x08" + varint(version) + b"\x10" + varint(kind)
+    out = b"\x08" + mt.varint(version) + b"\x10" + mt.varint(kind)
     v = value.encode()
-    out += b"\x1a" + varint(len(v)) + v
-    out += b"\x20" + varint(op)
+    out += b"\x1a" + mt.varint(len(v)) + v
+    out += b"\x20" + mt.varint(op)
     if score is not None:
-        out += b"\x28" + varint(((score << 1) ^ (score >> 31)) & 0xFFFFFFFF)  # zigzag
+        out += b"\x28" + mt.varint(((score << 1) ^ (score >> 31)) & 0xFFFFFFFF)  # zigzag
     if ttl is not None:
-        out += b"\x30" + varint(ttl)
+        out += b"\x30" + mt.varint(ttl)
     if reason is not None:
         r = reason.encode()
-        out += b"\x3a" + varint(len(r)) + r
+        out += b"\x3a" + mt.varint(len(r)) + r
     return out
 
 
 def entry(msg):
-    return varint(len(msg)) + msg
+    return mt.varint(len(msg)) + msg
 
 
 def record(text):
@@ -426,12 +415,12 @@ class TestFeed(MemcachedCase):
         stream = b"".join([
             entry(feed_update(score=-40, ttl=600, reason="trap hits")),            # 1
             entry(feed_update(version=2, score=1)),                                # 2
-            varint(5000) + b"\x08" * 5000,                                         # 3
+            mt.varint(5000) + b"\x08" * 5000,                                         # 3
             entry(feed_update(kind=3, value="Spam.Example", op=4)),               # 4
             entry(feed_update(kind=9, score=1)),                                   # 5
             entry(feed_update(kind=2, value="198.51.100.0/24", op=1)),             # 6
             entry(feed_update(kind=4, value="Gone@Example.org", op=3)),           # 7
-            varint(40) + b"\x08\x01\x10",                                          # 8
+            mt.varint(40) + b"\x08\x01\x10",                                          # 8
         ])
         path = os.path.join(self.tmp, "feed.pb")
         with open(path, "wb") as f:
