@@ -20,11 +20,12 @@ TEST="postfix swaks memcached haproxy clamav python3 procps iproute2 openssl
       libsasl2-2 libperl5.36 libdb5.3 libldap-2.5-0 libnsl2 libpam0g libpcre2-8-0
       libsqlite3-0 libcrypt1 netbase
       testssl.sh libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-perl
-      prometheus chromium"
+      prometheus chromium curl"
 # prometheus: for promtool only; tests/integration/test_metrics.py validates
 # the node's /metrics with `promtool check metrics`.
 # chromium: tests/unit/render_report.sh renders the html report with it
 # (headless) and checks the screenshot.
+# curl: the quick start's health check (curl http://127.0.0.1:8025/health).
 
 missing=""
 for p in $BUILD $TEST; do

@@ -24,9 +24,22 @@ sh deploy/install-deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$(nproc)"
 
-mkdir -p demo/mail
-chmod 777 demo/mail # smtp-sink drops privileges to nobody before writing
-smtp-sink -u nobody -d "$root/demo/mail/%Y%m%d-%H%M%S." 127.0.0.1:10025 256 &
+# smtp-sink drops privileges to nobody before it writes a message, and a
+# checkout under /root (mode 700 on Debian) is out of nobody's reach: the
+# files go to a directory of nobody's own under /var/tmp, and demo/mail
+# points there.
+mail=/var/tmp/mxgate-demo-mail
+mkdir -p "$mail"
+chown nobody "$mail"
+chmod 755 "$mail"
+mkdir -p demo
+if [ -d demo/mail ] && [ ! -L demo/mail ]; then
+    # an older demo kept its files here: keep them with the new ones
+    find demo/mail -mindepth 1 -maxdepth 1 -exec mv -t "$mail" {} + 2>/dev/null || true
+    rmdir demo/mail
+fi
+ln -sfn "$mail" demo/mail
+smtp-sink -u nobody -d "$mail/%Y%m%d-%H%M%S." 127.0.0.1:10025 256 &
 sink=$!
 trap 'kill $sink 2>/dev/null || true' EXIT INT TERM
 # let the sink bind before mxgate's first health probe
