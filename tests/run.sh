@@ -61,6 +61,19 @@ export CC=clang
 run_suite fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMX_FUZZ=ON \
     -DMX_FUZZ_SECONDS="$fuzz_seconds" || status=1
 
+# A digest of what failed, last, where it is seen first: each failing
+# test's unittest verdict lines and assertion messages.
+if [ $total_failed -ne 0 ]; then
+    echo "=== failures"
+    for name in release sanitize fuzz; do
+        log="$root/build-test-$name.ctest.log"
+        [ -f "$log" ] || continue
+        grep -E '\*\*\*(Failed|Timeout|Exception)' "$log" | sed "s/^/$name: /"
+        grep -E -A 12 '^(FAIL|ERROR): ' "$log" |
+            grep -E '^(FAIL|ERROR): |Error:|Error\b|^[A-Za-z]+Error' |
+            cut -c1-400 | sed "s/^/$name: /"
+    done
+fi
 echo "mxgate test suite, release + sanitize + fuzz builds:"
 echo "total: $total_passed passed, $total_failed failed"
 if [ $status -ne 0 ] && [ $total_failed -eq 0 ]; then

@@ -209,6 +209,19 @@ class Mxgate:
                 out.append(kv)
         return out
 
+    def messages_from(self, senders, timeout=10):
+        """{sender: its event=message line} for every sender, waiting for
+        lines still on their way: a client can hold its reply before the
+        log reader has seen the line written with it. After timeout s,
+        what there is (the caller names the missing)."""
+        want = set(senders)
+        deadline = time.monotonic() + timeout
+        while True:
+            got = {e.get("from"): e for e in self.events("message")}
+            if want <= set(got) or time.monotonic() >= deadline:
+                return got
+            time.sleep(0.05)
+
     def wait_event(self, timeout=10, **match):
         """Wait for a log line whose fields include all of match."""
         def find():

@@ -602,7 +602,7 @@ class TestReload(ClamCase):
         self.assertGreaterEqual(len(after), 12, "too few messages after the reload")
         self.assertEqual([r for r in before if r[3] != 250], [],
                          "rejected before the signature existed")
-        by_sender = {e.get("from"): e for e in gw.events("message")}
+        by_sender = gw.messages_from([r[2] for r in results])
         for t_open, t_done, sender, code, text in after:
             self.assertEqual(code, 554, "%s opened after the reload got %r" % (sender, text))
             self.assertTrue(text.startswith("554 5.7.1 Message rejected: virus found: "
@@ -832,11 +832,12 @@ class TestLimits(ClamCase):
         self.assertTrue(busy, "no 451 4.3.2 in %d attempts: %r" % (attempt + 1, outcomes))
         time.sleep(0.3)
         delivered = {a[0].decode()[len("MAIL FROM:<"):-1] for a in fake.accepted}
-        events = {e.get("from"): e for e in gw.events("message")}
+        events = gw.messages_from([o[0] for o in outcomes if o[2].code == 250])
         for sender, stage, r in outcomes:
             self.assertIn(r.code, (250, 451), (sender, stage, r))
             if r.code == 250:
                 self.assertIn(sender, delivered)
+                self.assertIn(sender, events, "no message log line for %s" % sender)
                 self.assertEqual(events[sender].get("scan"), "clean", events[sender])
             else:
                 self.assertNotIn(sender, delivered, (sender, stage, r))
