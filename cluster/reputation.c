@@ -128,22 +128,6 @@ static char *points_key(const char *what, mx_rep_kind kind, const char *value, i
     return g_strdup_printf("%s:%s:%lld:%s", what, kind_names[kind], (long long)period, value);
 }
 
-static mx_store_rc read_points(mx_store *s, const char *what, mx_rep_kind kind,
-                               const char *value, int64_t now, int decay, double *out)
-{
-    int64_t p = now / decay;
-    uint64_t cur = 0, prev = 0;
-    char *k1 = points_key(what, kind, value, p);
-    char *k0 = points_key(what, kind, value, p - 1);
-    mx_store_rc rc = mx_store_incr(s, k1, 0, 2 * decay + 60, &cur);
-    if (rc == MX_STORE_OK)
-        rc = mx_store_incr(s, k0, 0, decay + 60, &prev);
-    g_free(k1);
-    g_free(k0);
-    *out = (double)cur + (double)prev / 2;
-    return rc;
-}
-
 int mx_rep_decode(const void *data, size_t n, int64_t now, mx_rep *out)
 {
     memset(out, 0, sizeof(*out));
@@ -210,19 +194,72 @@ mx_store_rc mx_rep_read_record(mx_store *s, mx_rep_kind kind, const char *value,
     return MX_STORE_OK;
 }
 
+/* Points of the current decay period count in full, the previous one's
+ * half (reputation.h). */
+enum { PT_CREDIT_NOW, PT_CREDIT_PREV, PT_PENALTY_NOW, PT_PENALTY_PREV, PT_N };
+
+void mx_rep_read_many(mx_store *s, const mx_rep_kind *kind, const char *const *value, size_t n,
+                      int64_t now, int decay, mx_rep *out, mx_store_rc *rcs)
+{
+    if (n == 0)
+        return;
+    /* two multi-gets: the signed records, then the bare counters */
+    char **rk = g_new(char *, n);
+    char **pk = g_new(char *, PT_N * n);
+    GBytes **recs = g_new0(GBytes *, n);
+    uint64_t *pts = g_new0(uint64_t, PT_N * n);
+    mx_store_rc *prc = g_new(mx_store_rc, PT_N * n);
+    int64_t p = now / decay;
+    for (size_t i = 0; i < n; i++) {
+        rk[i] = rec_key(kind[i], value[i]);
+        pk[PT_N * i + PT_CREDIT_NOW] = points_key("repc", kind[i], value[i], p);
+        pk[PT_N * i + PT_CREDIT_PREV] = points_key("repc", kind[i], value[i], p - 1);
+        pk[PT_N * i + PT_PENALTY_NOW] = points_key("repp", kind[i], value[i], p);
+        pk[PT_N * i + PT_PENALTY_PREV] = points_key("repp", kind[i], value[i], p - 1);
+    }
+    mx_store_get_many(s, (const char *const *)rk, n, recs, rcs);
+    mx_store_counters(s, (const char *const *)pk, PT_N * n, pts, prc);
+    for (size_t i = 0; i < n; i++) {
+        memset(&out[i], 0, sizeof(out[i]));
+        out[i].read_at = now;
+        int failed = rcs[i] == MX_STORE_ERROR;
+        for (int k = 0; k < PT_N; k++)
+            failed |= prc[PT_N * i + k] == MX_STORE_ERROR;
+        if (!failed && rcs[i] == MX_STORE_OK) {
+            gsize len = 0;
+            const uint8_t *d = g_bytes_get_data(recs[i], &len);
+            mx_rep_decode(d, len, now, &out[i]);
+        }
+        if (recs[i])
+            g_bytes_unref(recs[i]);
+        if (failed) {
+            memset(&out[i], 0, sizeof(out[i]));
+            rcs[i] = MX_STORE_ERROR;
+            continue;
+        }
+        const uint64_t *v = &pts[PT_N * i];
+        double a = (double)v[PT_CREDIT_NOW] + (double)v[PT_CREDIT_PREV] / 2 -
+                   (double)v[PT_PENALTY_NOW] - (double)v[PT_PENALTY_PREV] / 2;
+        out[i].auto_points = a > 1e6 ? 1000000 : a < -1e6 ? -1000000 : (int32_t)a;
+        rcs[i] = MX_STORE_OK;
+    }
+    for (size_t i = 0; i < n; i++)
+        g_free(rk[i]);
+    for (size_t i = 0; i < PT_N * n; i++)
+        g_free(pk[i]);
+    g_free(rk);
+    g_free(pk);
+    g_free(recs);
+    g_free(pts);
+    g_free(prc);
+}
+
 mx_store_rc mx_rep_read(mx_store *s, mx_rep_kind kind, const char *value, int64_t now, int decay,
                         mx_rep *out)
 {
-    mx_store_rc rc = mx_rep_read_record(s, kind, value, now, out);
-    if (rc != MX_STORE_OK)
-        return rc;
-    double credit = 0, penalty = 0;
-    if (read_points(s, "repc", kind, value, now, decay, &credit) != MX_STORE_OK ||
-        read_points(s, "repp", kind, value, now, decay, &penalty) != MX_STORE_OK)
-        return MX_STORE_ERROR;
-    double a = credit - penalty;
-    out->auto_points = a > 1e6 ? 1000000 : a < -1e6 ? -1000000 : (int32_t)a;
-    return MX_STORE_OK;
+    mx_store_rc rc;
+    mx_rep_read_many(s, &kind, &value, 1, now, decay, out, &rc);
+    return rc;
 }
 
 mx_store_rc mx_rep_write(mx_store *s, mx_rep_kind kind, const char *value, const mx_rep *in,
@@ -315,30 +352,47 @@ int mx_rep_cache_peek(mx_rep_cache *c, mx_rep_kind kind, const char *value, int6
     return hit;
 }
 
-mx_store_rc mx_rep_lookup(mx_rep_cache *c, mx_store *s, mx_rep_kind kind, const char *value,
-                          int64_t now, int decay, mx_rep *out, int *cached)
+void mx_rep_lookup_many(mx_rep_cache *c, mx_store *s, const mx_rep_kind *kind,
+                        const char *const *value, size_t n, int64_t now, int decay, mx_rep *out,
+                        int *cached, mx_store_rc *rcs)
 {
-    *cached = 0;
-    if (mx_rep_cache_peek(c, kind, value, now, out)) {
-        *cached = 1;
-        return MX_STORE_OK;
+    /* what the cache does not have, in one read */
+    size_t *miss = g_new(size_t, n ? n : 1);
+    mx_rep_kind *mk = g_new(mx_rep_kind, n ? n : 1);
+    const char **mv = g_new(const char *, n ? n : 1);
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        cached[i] = mx_rep_cache_peek(c, kind[i], value[i], now, &out[i]);
+        rcs[i] = MX_STORE_OK;
+        if (!cached[i]) {
+            miss[m] = i;
+            mk[m] = kind[i];
+            mv[m++] = value[i];
+        }
     }
-    mx_store_rc rc = mx_rep_read(s, kind, value, now, decay, out);
-    if (rc != MX_STORE_OK) {
-        memset(out, 0, sizeof(*out));
-        return rc;
-    }
-    if (c->ttl > 0) {
+    mx_rep *got = g_new(mx_rep, m ? m : 1);
+    mx_store_rc *grc = g_new(mx_store_rc, m ? m : 1);
+    mx_rep_read_many(s, mk, mv, m, now, decay, got, grc);
+    for (size_t j = 0; j < m; j++) {
+        size_t i = miss[j];
+        out[i] = got[j];
+        rcs[i] = grc[j];
+        if (grc[j] != MX_STORE_OK || c->ttl <= 0)
+            continue;
         centry *e = g_new(centry, 1);
-        e->rep = *out;
+        e->rep = got[j];
         e->until = now + c->ttl;
         g_mutex_lock(&c->lock);
         if (g_hash_table_size(c->map) > 100000)
             g_hash_table_remove_all(c->map); /* bounded: start over rather than grow */
-        g_hash_table_replace(c->map, rec_key(kind, value), e);
+        g_hash_table_replace(c->map, rec_key(kind[i], value[i]), e);
         g_mutex_unlock(&c->lock);
     }
-    return MX_STORE_OK;
+    g_free(miss);
+    g_free(mk);
+    g_free(mv);
+    g_free(got);
+    g_free(grc);
 }
 
 void mx_rep_cache_forget(mx_rep_cache *c, mx_rep_kind kind, const char *value)

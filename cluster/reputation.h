@@ -56,7 +56,7 @@ int mx_rep_networks(const char *ip, char *out[2]);
 
 /* Records (for mxgatectl and tests). value must be normalised.
  * mx_rep_read_record: the record alone; mx_rep_read adds the automatic
- * points (four more store calls). */
+ * points (a second multi-get, for their four counters). */
 mx_store_rc mx_rep_read_record(mx_store *s, mx_rep_kind kind, const char *value, int64_t now,
                                mx_rep *out);
 /* The record's store key, and its stored form (for bulk loads). decode
@@ -66,6 +66,12 @@ GBytes *mx_rep_encode(const mx_rep *r);
 int mx_rep_decode(const void *data, size_t n, int64_t now, mx_rep *out);
 mx_store_rc mx_rep_read(mx_store *s, mx_rep_kind kind, const char *value, int64_t now, int decay,
                         mx_rep *out);
+/* n records with their points in two multi-gets, however large n is (one
+ * round trip to each server holding a key, per multi-get); rcs[i] is
+ * OK or ERROR (the store failed; out[i] is empty). Reading creates
+ * nothing. */
+void mx_rep_read_many(mx_store *s, const mx_rep_kind *kind, const char *const *value, size_t n,
+                      int64_t now, int decay, mx_rep *out, mx_store_rc *rcs);
 mx_store_rc mx_rep_write(mx_store *s, mx_rep_kind kind, const char *value, const mx_rep *r,
                          int ttl);
 mx_store_rc mx_rep_delete(mx_store *s, mx_rep_kind kind, const char *value);
@@ -84,11 +90,13 @@ void mx_rep_cache_free(mx_rep_cache *c);
 int mx_rep_cache_peek(mx_rep_cache *c, mx_rep_kind kind, const char *value, int64_t now,
                       mx_rep *out);
 
-/* The entry, from the cache or the store (which fills the cache). On a
- * store failure returns MX_STORE_ERROR and *out is empty. *cached says
- * where it came from. */
-mx_store_rc mx_rep_lookup(mx_rep_cache *c, mx_store *s, mx_rep_kind kind, const char *value,
-                          int64_t now, int decay, mx_rep *out, int *cached);
+/* n entries, from the cache or the store (which fills the cache): those
+ * the cache lacks are read together (mx_rep_read_many). On a store
+ * failure rcs[i] is MX_STORE_ERROR and out[i] is empty; cached[i] says
+ * where each came from. */
+void mx_rep_lookup_many(mx_rep_cache *c, mx_store *s, const mx_rep_kind *kind,
+                        const char *const *value, size_t n, int64_t now, int decay, mx_rep *out,
+                        int *cached, mx_store_rc *rcs);
 
 /* Forget one entry (after this node changed it) or all. */
 void mx_rep_cache_forget(mx_rep_cache *c, mx_rep_kind kind, const char *value);

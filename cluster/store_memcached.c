@@ -245,6 +245,12 @@ static mx_store_rc call_end(mc_store *s, call *c, memcached_return_t rc)
 
 /* ---- operations ---- */
 
+static void sent(mc_store *s, uint64_t round_trips, uint64_t commands)
+{
+    atomic_fetch_add(&s->stats.round_trips, round_trips);
+    atomic_fetch_add(&s->stats.commands, commands);
+}
+
 /* memcached reads an expiry over 30 days as a unix time: give it one. */
 static time_t mc_ttl(int ttl)
 {
@@ -256,12 +262,13 @@ static time_t mc_ttl(int ttl)
 }
 
 /* memcached's incr/decr take 32-bit amounts through libmemcached. */
-static memcached_return_t mc_step(memcached_st *m, const char *k, size_t kl, uint64_t delta,
-                                  int up, uint64_t *v)
+static memcached_return_t mc_step(mc_store *s, memcached_st *m, const char *k, size_t kl,
+                                  uint64_t delta, int up, uint64_t *v)
 {
     memcached_return_t rc = MEMCACHED_SUCCESS;
     do {
         uint32_t d = delta > UINT32_MAX ? UINT32_MAX : (uint32_t)delta;
+        sent(s, 1, 1);
         rc = up ? memcached_increment(m, k, kl, d, v) : memcached_decrement(m, k, kl, d, v);
         delta -= d;
     } while (rc == MEMCACHED_SUCCESS && delta > 0);
@@ -281,6 +288,7 @@ static mx_store_rc mc_get(mx_store *base, const char *key, GBytes **val)
     size_t len = 0;
     uint32_t flags = 0;
     memcached_return_t rc;
+    sent(s, 1, 1);
     char *v = memcached_get(c.m, c.key, strlen(c.key), &len, &flags, &rc);
     mx_store_rc r = call_end(s, &c, rc);
     if (r != MX_STORE_OK) {
@@ -307,6 +315,7 @@ static mx_store_rc mc_store_cmd(mx_store *base, const char *key, const void *val
     GBytes *v = g_bytes_new_static(val, len);
     GByteArray *buf = g_byte_array_new();
     rec_seal(s, c.key, v, buf);
+    sent(s, 1, 1);
     memcached_return_t rc =
         (add ? memcached_add : memcached_set)(c.m, c.key, strlen(c.key), (const char *)buf->data,
                                               buf->len, mc_ttl(ttl), 0);
@@ -340,15 +349,16 @@ static mx_store_rc mc_incr(mx_store *base, const char *key, uint64_t delta, int 
         return MX_STORE_ERROR;
     size_t kl = strlen(c.key);
     uint64_t v = 0;
-    memcached_return_t rc = mc_step(c.m, c.key, kl, delta, 1, &v);
+    memcached_return_t rc = mc_step(s, c.m, c.key, kl, delta, 1, &v);
     if (rc == MEMCACHED_NOTFOUND) {
         char num[24];
         int n = snprintf(num, sizeof(num), "%llu", (unsigned long long)delta);
+        sent(s, 1, 1);
         rc = memcached_add(c.m, c.key, kl, num, (size_t)n, mc_ttl(ttl), 0);
         if (rc == MEMCACHED_SUCCESS || rc == MEMCACHED_STORED) {
             v = delta;
         } else if (rc == MEMCACHED_NOTSTORED || rc == MEMCACHED_DATA_EXISTS) {
-            rc = mc_step(c.m, c.key, kl, delta, 1, &v);
+            rc = mc_step(s, c.m, c.key, kl, delta, 1, &v);
         }
     }
     mx_store_rc r = call_end(s, &c, rc);
@@ -366,7 +376,7 @@ static mx_store_rc mc_decr(mx_store *base, const char *key, uint64_t delta)
     if (!call_begin(s, &c, key))
         return MX_STORE_ERROR;
     uint64_t v = 0;
-    memcached_return_t rc = mc_step(c.m, c.key, strlen(c.key), delta, 0, &v);
+    memcached_return_t rc = mc_step(s, c.m, c.key, strlen(c.key), delta, 0, &v);
     mx_store_rc r = call_end(s, &c, rc);
     if (r == MX_STORE_OK && rc == MEMCACHED_NOTFOUND)
         r = MX_STORE_NOT_FOUND;
@@ -379,6 +389,7 @@ static mx_store_rc mc_del(mx_store *base, const char *key)
     call c;
     if (!call_begin(s, &c, key))
         return MX_STORE_ERROR;
+    sent(s, 1, 1);
     memcached_return_t rc = memcached_delete(c.m, c.key, strlen(c.key), 0);
     return call_end(s, &c, rc);
 }
@@ -389,6 +400,7 @@ static mx_store_rc mc_touch(mx_store *base, const char *key, int ttl)
     call c;
     if (!call_begin(s, &c, key))
         return MX_STORE_ERROR;
+    sent(s, 1, 1);
     memcached_return_t rc = memcached_touch(c.m, c.key, strlen(c.key), mc_ttl(ttl));
     mx_store_rc r = call_end(s, &c, rc);
     if (r == MX_STORE_OK && rc == MEMCACHED_NOTFOUND)
@@ -419,29 +431,26 @@ static GBytes *rec_open(mc_store *s, const char *k, const char *v, size_t len)
 typedef void (*mget_found)(mc_store *s, void *ctx, size_t i, const char *k, const char *v,
                            size_t len, mx_store_rc *rc);
 
-static void mget_each(mc_store *s, const char *const *keys, size_t n, mget_found found,
-                      void *ctx, mx_store_rc *rcs)
+/* One server's share of a multi-get: keys idx[0..m) of pk. */
+static void mget_server(mc_store *s, memcached_st *m, breaker *b, char (*pk)[4 + 32 + 1],
+                        const size_t *idx, size_t cnt, GHashTable *index, unsigned char *seen,
+                        mget_found found, void *ctx, mx_store_rc *rcs)
 {
-    memcached_st *m = borrow(s);
-    typedef char mkey[4 + 32 + 1];
-    mkey *pk = g_new(mkey, n ? n : 1);
-    const char **kp = g_new(const char *, n ? n : 1);
-    size_t *kl = g_new(size_t, n ? n : 1);
-    unsigned char *seen = g_new0(unsigned char, n ? n : 1);
-    GHashTable *index = g_hash_table_new(g_str_hash, g_str_equal);
-    for (size_t i = 0; i < n; i++) {
-        mc_key(s, keys[i], pk[i]);
-        kp[i] = pk[i];
-        kl[i] = strlen(pk[i]);
-        rcs[i] = MX_STORE_NOT_FOUND;
-        g_hash_table_insert(index, pk[i], GSIZE_TO_POINTER(i + 1));
+    if (!breaker_allows(s, b)) {
+        atomic_fetch_add(&s->stats.fast_failed, 1);
+        for (size_t t = 0; t < cnt; t++)
+            rcs[idx[t]] = MX_STORE_ERROR;
+        return;
     }
-    memcached_return_t rc = m ? memcached_mget(m, kp, kl, n) : MEMCACHED_FAILURE;
-    if (rc != MEMCACHED_SUCCESS) {
-        for (size_t i = 0; i < n; i++)
-            rcs[i] = MX_STORE_ERROR;
-        atomic_fetch_add(&s->stats.errors, 1);
-    } else {
+    const char **kp = g_new(const char *, cnt);
+    size_t *kl = g_new(size_t, cnt);
+    for (size_t t = 0; t < cnt; t++) {
+        kp[t] = pk[idx[t]];
+        kl[t] = strlen(pk[idx[t]]);
+    }
+    sent(s, 1, cnt);
+    memcached_return_t rc = memcached_mget(m, kp, kl, cnt);
+    if (rc == MEMCACHED_SUCCESS) {
         memcached_result_st *res;
         while ((res = memcached_fetch_result(m, NULL, &rc)) != NULL) {
             char k[4 + 32 + 1];
@@ -458,20 +467,62 @@ static void mget_each(mc_store *s, const char *const *keys, size_t n, mget_found
             }
             memcached_result_free(res);
         }
-        if (rc != MEMCACHED_END && rc != MEMCACHED_SUCCESS && rc != MEMCACHED_NOTFOUND) {
-            for (size_t i = 0; i < n; i++)
-                if (!seen[i])
-                    rcs[i] = MX_STORE_ERROR;
-            atomic_fetch_add(&s->stats.errors, 1);
-        }
+    }
+    int ok = rc == MEMCACHED_SUCCESS || rc == MEMCACHED_END || rc == MEMCACHED_NOTFOUND;
+    breaker_result(s, b, ok);
+    if (!ok) {
+        /* what the server held is unknown */
+        for (size_t t = 0; t < cnt; t++)
+            if (!seen[idx[t]])
+                rcs[idx[t]] = MX_STORE_ERROR;
+        atomic_fetch_add(&s->stats.errors, 1);
+    }
+    g_free(kp);
+    g_free(kl);
+}
+
+/* A multi-get per server, each through that server's breaker (a hung one
+ * fails its keys at once, as single calls do). */
+static void mget_each(mc_store *s, const char *const *keys, size_t n, mget_found found,
+                      void *ctx, mx_store_rc *rcs)
+{
+    typedef char mkey[4 + 32 + 1];
+    memcached_st *m = borrow(s);
+    mkey *pk = g_new(mkey, n ? n : 1);
+    unsigned char *seen = g_new0(unsigned char, n ? n : 1);
+    size_t *order = g_new(size_t, n ? n : 1); /* keys grouped by server */
+    int *srv = g_new(int, n ? n : 1);
+    size_t *count = g_new0(size_t, (size_t)s->nbr + 1);
+    GHashTable *index = g_hash_table_new(g_str_hash, g_str_equal);
+    for (size_t i = 0; i < n; i++) {
+        mc_key(s, keys[i], pk[i]);
+        rcs[i] = m ? MX_STORE_NOT_FOUND : MX_STORE_ERROR;
+        g_hash_table_insert(index, pk[i], GSIZE_TO_POINTER(i + 1));
+        breaker *b = m ? breaker_for(s, m, pk[i]) : NULL;
+        srv[i] = b ? (int)(b - s->br) : s->nbr; /* nbr: no breaker known */
+        count[srv[i]]++;
+    }
+    if (m) {
+        size_t *start = g_new0(size_t, (size_t)s->nbr + 2);
+        for (int j = 0; j <= s->nbr; j++)
+            start[j + 1] = start[j] + count[j];
+        size_t *fill = g_memdup2(start, sizeof(size_t) * ((size_t)s->nbr + 1));
+        for (size_t i = 0; i < n; i++)
+            order[fill[srv[i]]++] = i;
+        for (int j = 0; j <= s->nbr; j++)
+            if (count[j])
+                mget_server(s, m, j < s->nbr ? &s->br[j] : NULL, pk, order + start[j], count[j],
+                            index, seen, found, ctx, rcs);
+        g_free(start);
+        g_free(fill);
+        give_back(s, m);
     }
     g_hash_table_destroy(index);
     g_free(pk);
-    g_free(kp);
-    g_free(kl);
     g_free(seen);
-    if (m)
-        give_back(s, m);
+    g_free(order);
+    g_free(srv);
+    g_free(count);
 }
 
 static void found_record(mc_store *s, void *ctx, size_t i, const char *k, const char *v,
@@ -628,6 +679,7 @@ static void mc_write_many(mx_store *base, const mx_store_write *w, size_t n, mx_
         } else {
             unsigned char *reply = g_malloc(lines[j]);
             char *err = NULL;
+            sent(s, 1, lines[j]);
             int prc = mx_mc_pipeline(b->host, b->port, s->timeout_ms, req[j]->data, req[j]->len,
                                      lines[j], reply, &err);
             breaker_result(s, b, prc == 0);

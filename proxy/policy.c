@@ -310,18 +310,28 @@ static int check_reputation(pol_job *j, int may_block, int64_t now)
     mx_rep got[6];
     int from_cache[6];
     int rc = 0;
-    for (int i = 0; i < n; i++) {
-        int cached = 1;
-        if (!may_block) {
+    if (!may_block) {
+        for (int i = 0; i < n; i++) {
             if (!mx_rep_cache_peek(j->p->cache, r[i].kind, r[i].value, now, &got[i])) {
                 rc = -1;
                 goto out;
             }
             from_cache[i] = 1;
-            continue;
         }
-        if (mx_rep_lookup(j->p->cache, j->p->store, r[i].kind, r[i].value, now, j->p->decay,
-                          &got[i], &cached) != MX_STORE_OK) {
+    } else {
+        /* what the cache lacks, in one read */
+        mx_rep_kind kinds[6] = {0};
+        const char *values[6] = {NULL};
+        mx_store_rc rcs[6];
+        for (int i = 0; i < n; i++) {
+            kinds[i] = r[i].kind;
+            values[i] = r[i].value;
+        }
+        mx_rep_lookup_many(j->p->cache, j->p->store, kinds, values, (size_t)n, now, j->p->decay,
+                           got, from_cache, rcs);
+        for (int i = 0; i < n; i++) {
+            if (rcs[i] == MX_STORE_OK)
+                continue;
             /* Reputation is advice: with the store down, a rule's own
              * on_store_down decides; here we go on without it. */
             mx_log_msg(MX_LOG_DEBUG, "reputation_unavailable", "sid=%s trace=%s %s:%s", j->sid, j->tid,
@@ -330,7 +340,6 @@ static int check_reputation(pol_job *j, int may_block, int64_t now)
             g_strlcpy(got[i].source, "store unavailable", sizeof(got[i].source));
             got[i].read_at = now;
         }
-        from_cache[i] = cached;
     }
     for (int i = 0; i < n; i++) {
         if (got[i].allow) {
@@ -788,10 +797,17 @@ void mx_policy_metrics(mx_policy *p, GString *out)
             "# HELP mxgate_store_fast_failed_total Store calls refused by an open breaker.\n"
             "# TYPE mxgate_store_fast_failed_total counter\nmxgate_store_fast_failed_total %llu\n"
             "# HELP mxgate_store_bad_records_total Records that failed their HMAC and were ignored.\n"
-            "# TYPE mxgate_store_bad_records_total counter\nmxgate_store_bad_records_total %llu\n",
+            "# TYPE mxgate_store_bad_records_total counter\nmxgate_store_bad_records_total %llu\n"
+            "# HELP mxgate_store_round_trips_total Request/reply exchanges with the store's "
+            "servers (a pipelined batch counts once per server).\n"
+            "# TYPE mxgate_store_round_trips_total counter\nmxgate_store_round_trips_total %llu\n"
+            "# HELP mxgate_store_commands_total Commands sent to the store's servers.\n"
+            "# TYPE mxgate_store_commands_total counter\nmxgate_store_commands_total %llu\n",
             (unsigned long long)atomic_load(&st->errors),
             (unsigned long long)atomic_load(&st->fast_failed),
-            (unsigned long long)atomic_load(&st->bad_records));
+            (unsigned long long)atomic_load(&st->bad_records),
+            (unsigned long long)atomic_load(&st->round_trips),
+            (unsigned long long)atomic_load(&st->commands));
     }
     g_string_append_printf(
         out,

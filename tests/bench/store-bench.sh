@@ -4,16 +4,18 @@
 # One mxgate in front of smtp-sink, scanning off (to isolate the store),
 # reputation on (the default) and one rate limit rule (sender, messages,
 # a limit no run reaches), driven by mxload at c=20 with 2 KB messages,
-# one per session, for 8 s after 1 s of warm-up. Twice each, alternating:
-# with the embedded store, and with two local memcached servers. For the
-# memcached runs it counts the operations the servers saw (get, set,
-# incr, decr, delete from their stats) against the messages sent, warm-up
-# included: the round trips per message.
+# one per session, for 8 s after 1 s of warm-up. ROUNDS times each (4),
+# alternating: with the embedded store, and with two local memcached
+# servers. For the memcached runs, per message sent (warm-up included):
+# the round trips and commands mxgate counted (/metrics:
+# mxgate_store_round_trips_total, mxgate_store_commands_total; a pipelined
+# batch is one round trip per server), and the commands the servers
+# counted (get, set, touch, incr, decr, delete from their stats).
 # Then the feed rate: mxgatectl feed of 200k text updates (new records,
 # the same records again, then an "add" to each) into the same servers.
 #
 # Needs: smtp-sink (postfix), memcached, openssl, a built build/proxy/mxgate.
-# Traffic only on 127.0.0.1. About 55 s.
+# Traffic only on 127.0.0.1. About 90 s.
 set -e
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 W=$(mktemp -d)
@@ -44,8 +46,8 @@ EOP
 }
 run() { # NAME extra-args...
     local name=$1; shift
-    local MX=$(port)
-    $ROOT/build/proxy/mxgate -o smtp.listen=127.0.0.1:$MX -o admin.listen= -o backend.servers=127.0.0.1:$SINK \
+    local MX=$(port) ADM=$(port)
+    $ROOT/build/proxy/mxgate -o smtp.listen=127.0.0.1:$MX -o admin.listen=127.0.0.1:$ADM -o backend.servers=127.0.0.1:$SINK \
       -o backend.forward=none -o clamav.enabled=false -o log.level=warning \
       -o ratelimit:persender.key=sender -o ratelimit:persender.count=messages \
       -o ratelimit:persender.limit=100000000 -o ratelimit:persender.window=3600 "$@" 2>$W/$name.log & local pid=$!
@@ -53,14 +55,49 @@ run() { # NAME extra-args...
     local before=$(mcstat)
     local out=$($W/mxload -c 20 -s 2048 -t 8 -w 1 -H bench.example 127.0.0.1:$MX 2>&1 | tail -1)
     local after=$(mcstat)
+    # mxgate's own count: request/reply exchanges and commands
+    local mine=$(python3 - $ADM <<'EOP'
+import sys, urllib.request
+m = {}
+for line in urllib.request.urlopen("http://127.0.0.1:%s/metrics" % sys.argv[1]).read().decode().splitlines():
+    f = line.split()
+    if len(f) == 2 and not line.startswith("#"):
+        m[f[0]] = f[1]
+print(m.get("mxgate_store_round_trips_total", "0"), m.get("mxgate_store_commands_total", "0"))
+EOP
+)
     kill $pid; wait $pid 2>/dev/null || true
     echo "$name: $out"
-    echo "$name: memcached ops during the run (warm-up included): $((after - before))"
+    echo "$name: memcached ops during the run (warm-up included): $((after - before)); mxgate's round trips, commands: $mine"
+    local rate=$(echo "$out" | sed -nE 's/.* msgs_per_s=([0-9.]+).*/\1/p')
+    local total=$(echo "$out" | sed -nE 's/.* total_msgs=([0-9]+).*/\1/p')
+    echo "$name $rate $total $((after - before)) $mine" >> $W/results
 }
-for r in 1 2; do
-run embedded
-run memcached -o cluster.memcached="127.0.0.1:$P1;127.0.0.1:$P2" -o cluster.key_file=$W/key
+# Runs on a shared 2-core machine vary by several percent from one to the
+# next: ROUNDS pairs (default 4), the order alternating within each pair
+# so that drift favours neither, and the medians compared.
+ROUNDS=${ROUNDS:-4}
+MC="-o cluster.memcached=127.0.0.1:$P1;127.0.0.1:$P2 -o cluster.key_file=$W/key"
+for r in $(seq 1 $ROUNDS); do
+    if [ $((r % 2)) -eq 1 ]; then run embedded; run memcached $MC
+    else run memcached $MC; run embedded; fi
 done
+python3 - $W/results <<'EOP'
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    name, rate, total, ops, rts, cmds = line.split()
+    runs.setdefault(name, []).append((float(rate), int(total), int(ops), int(rts), int(cmds)))
+med = {n: statistics.median(r[0] for r in v) for n, v in runs.items()}
+for n, v in runs.items():
+    print("%s: msgs/s %s, median %.1f" % (n, " ".join("%.0f" % r[0] for r in v), med[n]))
+mc = runs["memcached"]
+msgs = sum(r[1] for r in mc)
+print("memcached, per message: %.2f round trips (mxgate's count), %.2f commands (mxgate's count), "
+      "%.2f commands (the servers' count)" % (sum(r[3] for r in mc) / msgs, sum(r[4] for r in mc) / msgs,
+                                              sum(r[2] for r in mc) / msgs))
+print("memcached / embedded throughput (medians): %.1f%%" % (100 * med["memcached"] / med["embedded"]))
+EOP
 
 # The feed: 200k updates of distinct IPs, three passes.
 printf '[cluster]\nmemcached = 127.0.0.1:%s;127.0.0.1:%s\nkey_file = %s/key\n' $P1 $P2 $W > $W/ctl.conf

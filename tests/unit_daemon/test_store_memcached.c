@@ -373,16 +373,20 @@ static void test_hung_server_opens_the_breaker(void)
     mx_store *s = store_for(sv, 2, 3);
     /* keys on server 1 */
     GPtrArray *keys = g_ptr_array_new_with_free_func(g_free);
+    char *on0 = NULL; /* and one on server 0 */
     for (int i = 0; keys->len < 20 && i < 1000; i++) {
         char *k = g_strdup_printf("rl:h%d", i);
         uint64_t before = items_on(&sv[1]);
         mx_store_incr(s, k, 1, 60, NULL);
         if (items_on(&sv[1]) > before)
             g_ptr_array_add(keys, k);
+        else if (!on0)
+            on0 = k;
         else
             g_free(k);
     }
     g_assert_cmpuint(keys->len, ==, 20);
+    g_assert_nonnull(on0);
 
     kill(sv[1].pid, SIGSTOP);
     wait_stopped(sv[1].pid);
@@ -412,6 +416,19 @@ static void test_hung_server_opens_the_breaker(void)
     /* the other server is unaffected */
     g_assert_cmpint(mx_store_incr(s, "rl:elsewhere-probe", 1, 60, NULL) == MX_STORE_OK ||
                         items_on(&sv[0]) > 0, ==, 1);
+    /* a multi-get goes through the same breakers: the hung server's keys
+     * fail at once, the other's are read */
+    const char *mk[3] = {keys->pdata[0], on0, keys->pdata[1]};
+    uint64_t mv[3];
+    mx_store_rc mrc[3];
+    gint64 t0 = g_get_monotonic_time();
+    mx_store_counters(s, mk, 3, mv, mrc);
+    g_assert_cmpint(g_get_monotonic_time() - t0, <, 5000);
+    g_assert_cmpint(mrc[0], ==, MX_STORE_ERROR);
+    g_assert_cmpint(mrc[2], ==, MX_STORE_ERROR);
+    g_assert_cmpint(mrc[1], ==, MX_STORE_OK);
+    g_assert_cmpuint(mv[1], ==, 1);
+    g_free(on0);
 
     kill(sv[1].pid, SIGCONT);
     gint64 end = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
@@ -666,6 +683,98 @@ static void test_write_many_semantics(void)
     server_stop(&sv[1]);
 }
 
+/* The commands every server has executed, by its own statistics (a
+ * multi-get counts each key, add counts as a set). */
+static uint64_t server_commands(server *sv, int n)
+{
+    static const char *const names[] = {"cmd_get", "cmd_set", "cmd_touch", "incr_hits",
+                                        "incr_misses", "decr_hits", "decr_misses",
+                                        "delete_hits", "delete_misses", NULL};
+    uint64_t total = 0;
+    for (int i = 0; i < n; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)sv[i].port)};
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        g_assert_cmpint(connect(fd, (struct sockaddr *)&a, sizeof(a)), ==, 0);
+        g_assert_cmpint(write(fd, "stats\r\n", 7), ==, 7);
+        GString *buf = g_string_new(NULL);
+        char chunk[4096];
+        while (!g_str_has_suffix(buf->str, "END\r\n")) {
+            ssize_t r = read(fd, chunk, sizeof(chunk));
+            g_assert_cmpint(r, >, 0);
+            g_string_append_len(buf, chunk, r);
+        }
+        close(fd);
+        char **lines = g_strsplit(buf->str, "\r\n", -1);
+        for (char **l = lines; *l; l++) {
+            char name[64];
+            unsigned long long v;
+            if (sscanf(*l, "STAT %63s %llu", name, &v) != 2)
+                continue;
+            for (int k = 0; names[k]; k++)
+                if (strcmp(name, names[k]) == 0)
+                    total += v;
+        }
+        g_strfreev(lines);
+        g_string_free(buf, TRUE);
+    }
+    return total;
+}
+
+/* The store's own count of round trips and commands, which /metrics
+ * shows: the commands agree with the servers' statistics, and a batch or
+ * a multi-get is one round trip per server. */
+static void test_round_trips_are_counted(void)
+{
+    server sv[2] = {{0}, {0}};
+    server_start(&sv[0]);
+    server_start(&sv[1]);
+    mx_store *s = store_for(sv, 2, 3);
+    const mx_store_stats *st = s->ops->stats(s);
+    uint64_t srv0 = server_commands(sv, 2);
+    uint64_t rt = atomic_load(&st->round_trips), cmd = atomic_load(&st->commands);
+#define DELTA(rt_want, cmd_want)                                               \
+    do {                                                                       \
+        g_assert_cmpuint(atomic_load(&st->round_trips) - rt, ==, (rt_want));   \
+        g_assert_cmpuint(atomic_load(&st->commands) - cmd, ==, (cmd_want));    \
+        rt = atomic_load(&st->round_trips);                                    \
+        cmd = atomic_load(&st->commands);                                      \
+    } while (0)
+    uint64_t v = 0;
+    g_assert_cmpint(mx_store_incr(s, "rt:counter", 1, 60, &v), ==, MX_STORE_OK);
+    DELTA(2, 2); /* incr finds nothing, add creates it */
+    g_assert_cmpint(mx_store_incr(s, "rt:counter", 1, 60, &v), ==, MX_STORE_OK);
+    DELTA(1, 1); /* the common case: one incr */
+    g_assert_cmpuint(v, ==, 2);
+    GBytes *got = NULL;
+    g_assert_cmpint(mx_store_get(s, "rt:absent", &got), ==, MX_STORE_NOT_FOUND);
+    DELTA(1, 1);
+    enum { N = 200 };
+    char *keys[N];
+    GBytes *vals[N];
+    mx_store_rc rcs[N];
+    GBytes *out[N];
+    for (int i = 0; i < N; i++) {
+        keys[i] = g_strdup_printf("rt:rec:%d", i);
+        vals[i] = g_bytes_new_static("v", 1);
+    }
+    set_many(s, keys, vals, N, 60, rcs);
+    DELTA(2, N); /* 200 keys land on both servers: one pipeline each */
+    mx_store_get_many(s, (const char *const *)keys, N, out, rcs);
+    DELTA(2, N);
+    for (int i = 0; i < N; i++) {
+        g_assert_cmpint(rcs[i], ==, MX_STORE_OK);
+        g_bytes_unref(out[i]);
+        g_bytes_unref(vals[i]);
+        g_free(keys[i]);
+    }
+#undef DELTA
+    g_assert_cmpuint(server_commands(sv, 2) - srv0, ==, atomic_load(&st->commands));
+    mx_store_free(s);
+    server_stop(&sv[0]);
+    server_stop(&sv[1]);
+}
+
 static void test_bad_config(void)
 {
     char *err = NULL;
@@ -700,6 +809,7 @@ int main(int argc, char **argv)
     g_test_add_func("/store_memcached/bulk_set_with_a_hung_server",
                     test_bulk_set_with_a_hung_server);
     g_test_add_func("/store_memcached/write_many_semantics", test_write_many_semantics);
+    g_test_add_func("/store_memcached/round_trips_are_counted", test_round_trips_are_counted);
     g_test_add_func("/store_memcached/bad_config", test_bad_config);
     return g_test_run();
 }
