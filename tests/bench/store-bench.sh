@@ -93,7 +93,7 @@ for n, v in runs.items():
     print("%s: msgs/s %s, median %.1f" % (n, " ".join("%.0f" % r[0] for r in v), med[n]))
 mc = runs["memcached"]
 msgs = sum(r[1] for r in mc)
-print("memcached, per message: %.2f round trips (mxgate's count), %.2f commands (mxgate's count), "
+print("memcached, per message: %.3f round trips (mxgate's count), %.2f commands (mxgate's count), "
       "%.2f commands (the servers' count)" % (sum(r[3] for r in mc) / msgs, sum(r[4] for r in mc) / msgs,
                                               sum(r[2] for r in mc) / msgs))
 print("memcached / embedded throughput (medians): %.1f%%" % (100 * med["memcached"] / med["embedded"]))
