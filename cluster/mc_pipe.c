@@ -16,8 +16,6 @@
 
 #include "mc_pipe.h"
 
-#define LINE_MAX_KEEP 512 /* a reply line longer than this is judged on its start */
-
 static int connect_to(const char *host, int port, int timeout_ms, char **err)
 {
     char ps[16];
@@ -80,66 +78,141 @@ static unsigned char classify(const char *line)
     return MX_MC_OTHER;
 }
 
-int mx_mc_pipeline(const char *host, int port, int timeout_ms, const void *req, size_t len,
-                   size_t n, unsigned char *reply, char **err)
+static void req_fail(mx_mc_req *r, int timed_out, const char *why)
 {
-    memset(reply, MX_MC_NONE, n);
-    if (n == 0)
-        return 0;
-    int fd = connect_to(host, port, timeout_ms, err);
-    if (fd < 0)
-        return -1;
-    const char *out = req;
-    size_t sent = 0, got = 0;
-    char line[LINE_MAX_KEEP];
-    size_t ll = 0;
-    char buf[65536];
-    int rc = 0;
-    while (got < n) {
-        struct pollfd p = {.fd = fd, .events = POLLIN | (sent < len ? POLLOUT : 0)};
-        int pr = poll(&p, 1, timeout_ms);
-        if (pr < 0 && errno == EINTR)
+    r->err = g_strdup_printf("%s:%d: %s after %zu of %zu replies", r->host, r->port, why, r->got,
+                             r->n);
+    r->timed_out = timed_out;
+    if (r->fd >= 0)
+        close(r->fd);
+    r->fd = -1;
+    r->done = 1;
+}
+
+/* Take in r bytes of replies; a reply line past the n-th (there should be
+ * none) leaves the connection in doubt: it is closed once done. */
+static void req_read(mx_mc_req *r, const char *buf, size_t len)
+{
+    size_t i = 0;
+    for (; i < len && r->got < r->n; i++) {
+        char c = buf[i];
+        if (c != '\n') {
+            if (r->ll < sizeof(r->line) - 1)
+                r->line[r->ll++] = c;
             continue;
-        if (pr <= 0) {
-            *err = g_strdup_printf("%s:%d: %s after %zu of %zu replies", host, port,
-                                   pr == 0 ? "no progress for the timeout" : strerror(errno),
-                                   got, n);
-            rc = -1;
-            break;
         }
-        if ((p.revents & POLLOUT) && sent < len) {
-            ssize_t w = send(fd, out + sent, len - sent, MSG_NOSIGNAL);
-            if (w > 0)
-                sent += (size_t)w;
-            else if (w < 0 && errno != EAGAIN && errno != EINTR) {
-                *err = g_strdup_printf("%s:%d: send: %s", host, port, strerror(errno));
-                rc = -1;
-                break;
-            }
+        while (r->ll && (r->line[r->ll - 1] == '\r' || r->line[r->ll - 1] == ' '))
+            r->ll--;
+        r->line[r->ll] = 0;
+        unsigned char code = classify(r->line);
+        if (code == MX_MC_NUMBER && r->number)
+            r->number[r->got] = g_ascii_strtoull(r->line, NULL, 10);
+        r->reply[r->got++] = code;
+        r->ll = 0;
+    }
+    if (r->got == r->n) {
+        r->done = 1;
+        if (i < len || r->ll) {
+            close(r->fd);
+            r->fd = -1;
         }
-        if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
-            ssize_t r = recv(fd, buf, sizeof(buf), 0);
-            if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {
-                *err = g_strdup_printf("%s:%d: %s after %zu of %zu replies", host, port,
-                                       r == 0 ? "connection closed" : strerror(errno), got, n);
-                rc = -1;
-                break;
-            }
-            for (ssize_t i = 0; i < r && got < n; i++) {
-                char c = buf[i];
-                if (c != '\n') {
-                    if (ll < sizeof(line) - 1)
-                        line[ll++] = c;
-                    continue;
-                }
-                while (ll && (line[ll - 1] == '\r' || line[ll - 1] == ' '))
-                    ll--;
-                line[ll] = 0;
-                reply[got++] = classify(line);
-                ll = 0;
+    }
+}
+
+int mx_mc_exchange(mx_mc_req *r, size_t k, int timeout_ms)
+{
+    int failed = 0;
+    for (size_t i = 0; i < k; i++) {
+        memset(r[i].reply, MX_MC_NONE, r[i].n);
+        if (r[i].number)
+            memset(r[i].number, 0, r[i].n * sizeof(uint64_t));
+        r[i].sent = r[i].got = r[i].ll = 0;
+        r[i].err = NULL;
+        r[i].timed_out = 0;
+        r[i].done = r[i].n == 0;
+        if (!r[i].done && r[i].fd < 0) {
+            char *err = NULL;
+            r[i].fd = connect_to(r[i].host, r[i].port, timeout_ms, &err);
+            if (r[i].fd < 0) {
+                r[i].err = err;
+                r[i].done = 1;
+                failed++;
             }
         }
     }
-    close(fd);
-    return rc;
+    /* the commands usually fit the socket buffer: send before waiting */
+    for (size_t i = 0; i < k; i++) {
+        if (r[i].done)
+            continue;
+        ssize_t w = send(r[i].fd, r[i].data, r[i].len, MSG_NOSIGNAL);
+        if (w > 0) {
+            r[i].sent = (size_t)w;
+        } else if (w < 0 && errno != EAGAIN && errno != EINTR) {
+            req_fail(&r[i], 0, strerror(errno));
+            failed++;
+        }
+    }
+    struct pollfd *p = g_new(struct pollfd, k ? k : 1);
+    size_t *map = g_new(size_t, k ? k : 1);
+    char buf[65536];
+    for (;;) {
+        nfds_t np = 0;
+        for (size_t i = 0; i < k; i++) {
+            if (r[i].done)
+                continue;
+            p[np] = (struct pollfd){
+                .fd = r[i].fd, .events = POLLIN | (r[i].sent < r[i].len ? POLLOUT : 0)};
+            map[np++] = i;
+        }
+        if (np == 0)
+            break;
+        int pr = poll(p, np, timeout_ms);
+        if (pr < 0 && errno == EINTR)
+            continue;
+        if (pr <= 0) {
+            const char *why = pr == 0 ? "no progress for the timeout" : strerror(errno);
+            for (nfds_t j = 0; j < np; j++, failed++)
+                req_fail(&r[map[j]], pr == 0, why);
+            break;
+        }
+        for (nfds_t j = 0; j < np; j++) {
+            mx_mc_req *q = &r[map[j]];
+            if ((p[j].revents & POLLOUT) && q->sent < q->len) {
+                ssize_t w = send(q->fd, (const char *)q->data + q->sent, q->len - q->sent,
+                                 MSG_NOSIGNAL);
+                if (w > 0) {
+                    q->sent += (size_t)w;
+                } else if (w < 0 && errno != EAGAIN && errno != EINTR) {
+                    req_fail(q, 0, strerror(errno));
+                    failed++;
+                    continue;
+                }
+            }
+            if (p[j].revents & (POLLIN | POLLHUP | POLLERR)) {
+                ssize_t n = recv(q->fd, buf, sizeof(buf), 0);
+                if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+                    req_fail(q, 0, n == 0 ? "connection closed" : strerror(errno));
+                    failed++;
+                    continue;
+                }
+                if (n > 0)
+                    req_read(q, buf, (size_t)n);
+            }
+        }
+    }
+    g_free(p);
+    g_free(map);
+    return failed;
+}
+
+int mx_mc_pipeline(const char *host, int port, int timeout_ms, const void *req, size_t len,
+                   size_t n, unsigned char *reply, char **err)
+{
+    mx_mc_req r = {.host = host, .port = port, .fd = -1, .data = req, .len = len, .n = n,
+                   .reply = reply};
+    int failed = mx_mc_exchange(&r, 1, timeout_ms);
+    if (r.fd >= 0)
+        close(r.fd);
+    *err = r.err;
+    return failed ? -1 : 0;
 }

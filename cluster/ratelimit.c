@@ -77,34 +77,21 @@ static char *counter_key(const mx_rl_rule *r, int64_t window_start, const char *
     return g_strdup_printf("rl:%s:%lld:%s", r->name, (long long)window_start, value);
 }
 
-/* Count (or, with amount 0, read) against one store. Returns 0, or -1
- * when the store failed. */
-static int count_in(mx_store *st, const mx_rl_rule *r, const char *value, uint64_t amount,
-                    int64_t now, mx_rl_result *out)
+/* The verdict on a counter that reads after (this window's, the event
+ * included) and prev (the previous window's, sliding only). */
+static void judge(const mx_rl_rule *r, uint64_t amount, int64_t now, uint64_t after,
+                  uint64_t prev, mx_rl_result *out)
 {
     int64_t w = r->window > 0 ? r->window : 1;
     int64_t start = now - now % w;
-    /* kept one window past its own, for the sliding estimate */
-    int ttl = (int)(2 * w + 1);
-    char *k = counter_key(r, start, value);
-    uint64_t after = 0;
-    mx_store_rc rc = mx_store_incr(st, k, amount, ttl, &after);
-    g_free(k);
-    if (rc != MX_STORE_OK)
-        return -1;
     out->after = after;
-    out->before = after - amount;
+    out->before = after >= amount ? after - amount : 0;
     double est = (double)after;
     double elapsed = (double)(now - start);
-    uint64_t prev = 0;
-    if (r->algorithm == MX_RL_SLIDING) {
-        k = counter_key(r, start - w, value);
-        rc = mx_store_incr(st, k, 0, ttl, &prev);
-        g_free(k);
-        if (rc != MX_STORE_OK)
-            return -1;
+    if (r->algorithm == MX_RL_SLIDING)
         est += (double)prev * ((double)w - elapsed) / (double)w;
-    }
+    else
+        prev = 0;
     out->estimate = est;
     /* amount 0 is a look: over means "the next event would not pass" */
     int over = amount ? est > (double)r->limit : est >= (double)r->limit;
@@ -125,34 +112,113 @@ static int count_in(mx_store *st, const mx_rl_rule *r, const char *value, uint64
                 out->retry_after = 1;
         }
     }
-    return 0;
+}
+
+/* Count (or, with amount 0, read) n events against one store, all their
+ * counters moved in one mx_store_incr_many. ok[i] is 0 when the store
+ * failed for event i. */
+static void count_many(mx_store *st, const mx_rl_rule *const *rules, const char *const *values,
+                       const uint64_t *amounts, size_t n, int64_t now, mx_rl_result *out,
+                       int *ok)
+{
+    /* per event: this window's counter, then (sliding) the previous one's */
+    char **keys = g_new(char *, 2 * n);
+    uint64_t *delta = g_new(uint64_t, 2 * n);
+    int *ttl = g_new(int, 2 * n);
+    uint64_t *val = g_new(uint64_t, 2 * n);
+    mx_store_rc *rcs = g_new(mx_store_rc, 2 * n);
+    size_t *first = g_new(size_t, n);
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        const mx_rl_rule *r = rules[i];
+        int64_t w = r->window > 0 ? r->window : 1;
+        int64_t start = now - now % w;
+        /* kept one window past its own, for the sliding estimate */
+        int t = (int)(2 * w + 1);
+        first[i] = m;
+        keys[m] = counter_key(r, start, values[i]);
+        delta[m] = amounts[i];
+        ttl[m++] = t;
+        if (r->algorithm == MX_RL_SLIDING) {
+            keys[m] = counter_key(r, start - w, values[i]);
+            delta[m] = 0;
+            ttl[m++] = t;
+        }
+    }
+    mx_store_incr_many(st, (const char *const *)keys, delta, ttl, m, val, rcs);
+    for (size_t i = 0; i < n; i++) {
+        size_t c = first[i];
+        /* absent reads as 0: a look at a window nobody counted in */
+        int good = rcs[c] == MX_STORE_OK || (amounts[i] == 0 && rcs[c] == MX_STORE_NOT_FOUND);
+        uint64_t prev = 0;
+        if (rules[i]->algorithm == MX_RL_SLIDING) {
+            good = good && (rcs[c + 1] == MX_STORE_OK || rcs[c + 1] == MX_STORE_NOT_FOUND);
+            prev = rcs[c + 1] == MX_STORE_OK ? val[c + 1] : 0;
+        }
+        ok[i] = good;
+        if (good)
+            judge(rules[i], amounts[i], now, rcs[c] == MX_STORE_OK ? val[c] : 0, prev, &out[i]);
+    }
+    for (size_t i = 0; i < m; i++)
+        g_free(keys[i]);
+    g_free(keys);
+    g_free(delta);
+    g_free(ttl);
+    g_free(val);
+    g_free(rcs);
+    g_free(first);
+}
+
+void mx_rl_hit_many(mx_store *store, mx_store *local, const mx_rl_rule *const *rules,
+                    const char *const *values, const uint64_t *amounts, size_t n, int64_t now,
+                    mx_rl_result *out)
+{
+    if (n == 0)
+        return;
+    memset(out, 0, n * sizeof(*out));
+    int *ok = g_new(int, n);
+    count_many(store, rules, values, amounts, n, now, out, ok);
+    for (size_t i = 0; i < n; i++) {
+        if (ok[i])
+            continue;
+        memset(&out[i], 0, sizeof(out[i]));
+        switch (rules[i]->on_store_down) {
+        case MX_RL_DOWN_OPEN:
+            out[i].verdict = MX_RL_UNCHECKED;
+            break;
+        case MX_RL_DOWN_CLOSED:
+            out[i].verdict = MX_RL_STORE_DOWN;
+            break;
+        case MX_RL_DOWN_LOCAL: {
+            out[i].local = 1;
+            int lok = 0;
+            if (local)
+                count_many(local, &rules[i], &values[i], &amounts[i], 1, now, &out[i], &lok);
+            if (!lok)
+                out[i].verdict = MX_RL_STORE_DOWN; /* cannot happen with the embedded store */
+            out[i].local = 1;
+            break;
+        }
+        }
+    }
+    g_free(ok);
 }
 
 void mx_rl_hit(mx_store *store, mx_store *local, const mx_rl_rule *r, const char *value,
                uint64_t amount, int64_t now, mx_rl_result *out)
 {
-    memset(out, 0, sizeof(*out));
-    if (count_in(store, r, value, amount, now, out) == 0)
-        return;
-    switch (r->on_store_down) {
-    case MX_RL_DOWN_OPEN:
-        out->verdict = MX_RL_UNCHECKED;
-        return;
-    case MX_RL_DOWN_CLOSED:
-        out->verdict = MX_RL_STORE_DOWN;
-        return;
-    case MX_RL_DOWN_LOCAL:
-        out->local = 1;
-        if (!local || count_in(local, r, value, amount, now, out) < 0)
-            out->verdict = MX_RL_STORE_DOWN; /* cannot happen with the embedded store */
-        return;
-    }
+    mx_rl_hit_many(store, local, &r, &value, &amount, 1, now, out);
 }
 
 void mx_rl_peek(mx_store *store, const mx_rl_rule *r, const char *value, int64_t now,
                 mx_rl_result *out)
 {
     memset(out, 0, sizeof(*out));
-    if (count_in(store, r, value, 0, now, out) < 0)
+    uint64_t zero = 0;
+    int ok = 0;
+    count_many(store, &r, &value, &zero, 1, now, out, &ok);
+    if (!ok) {
+        memset(out, 0, sizeof(*out));
         out->verdict = MX_RL_STORE_DOWN;
+    }
 }

@@ -14,7 +14,8 @@
  *           window boundary up to 2 x limit can pass within one window's
  *           length.
  *  sliding  the current and the previous window's counters, weighted:
- *           prev * (W - elapsed) / W + cur. One extra read per event; the
+ *           prev * (W - elapsed) / W + cur. One extra read per event (in
+ *           the same round trip); the
  *           estimate assumes events were spread evenly over the previous
  *           window, so bursts at its end are under-counted by at most
  *           prev * elapsed / W.
@@ -97,7 +98,17 @@ char *mx_rl_value(mx_rl_key key, const char *client_ip, const char *helo, const 
 void mx_rl_hit(mx_store *store, mx_store *local, const mx_rl_rule *r, const char *value,
                uint64_t amount, int64_t now, mx_rl_result *out);
 
-/* Read the counters without counting (mxgatectl limits). */
+/*
+ * The same for n events (the rules of one policy step), every counter
+ * moved in one store call (mx_store_incr_many: one round trip with
+ * memcached). Each event is counted whatever the others' verdicts: the
+ * rules count attempts.
+ */
+void mx_rl_hit_many(mx_store *store, mx_store *local, const mx_rl_rule *const *rules,
+                    const char *const *values, const uint64_t *amounts, size_t n, int64_t now,
+                    mx_rl_result *out);
+
+/* Read the counters without counting (mxgatectl limits); creates nothing. */
 void mx_rl_peek(mx_store *store, const mx_rl_rule *r, const char *value, int64_t now,
                 mx_rl_result *out);
 

@@ -85,6 +85,13 @@ typedef struct mx_store_ops {
      * for OK; NOT_FOUND when absent or not a counter. */
     void (*counters)(mx_store *s, const char *const *keys, size_t n, uint64_t *vals,
                      mx_store_rc *rcs);
+    /* n counters moved together, in one round trip where the backend
+     * allows: key i gets delta[i] added, and is created at delta[i] with
+     * ttl[i] when absent; a delta of 0 only reads (NOT_FOUND when absent:
+     * nothing is created). now[i] is the value after, for OK. NULL: the
+     * mx_store_incr_many wrapper does them one by one. */
+    void (*incr_many)(mx_store *s, const char *const *keys, const uint64_t *delta,
+                      const int *ttl, size_t n, uint64_t *now, mx_store_rc *rcs);
 } mx_store_ops;
 
 struct mx_store {
@@ -153,6 +160,21 @@ static inline void mx_store_get_many(mx_store *s, const char *const *k, size_t n
     }
     for (size_t i = 0; i < n; i++)
         rcs[i] = s->ops->get(s, k[i], &v[i]);
+}
+static inline void mx_store_incr_many(mx_store *s, const char *const *k, const uint64_t *d,
+                                      const int *ttl, size_t n, uint64_t *now, mx_store_rc *rcs)
+{
+    if (s->ops->incr_many) {
+        s->ops->incr_many(s, k, d, ttl, n, now, rcs);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        now[i] = 0;
+        if (d[i])
+            rcs[i] = s->ops->incr(s, k[i], d[i], ttl[i], &now[i]);
+        else
+            s->ops->counters(s, &k[i], 1, &now[i], &rcs[i]);
+    }
 }
 /* A batch one operation at a time. */
 static inline void mx_store_write_each(mx_store *s, const mx_store_write *w, size_t n,

@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <libmemcached/memcached.h>
 #include <openssl/core_names.h>
@@ -44,9 +45,13 @@
 #define REC_VERSION 1
 #define MAC_LEN 32
 
+#define IDLE_CONNS 8 /* kept per server for incr_many, between calls */
+
 typedef struct breaker {
     char *host;
     int port;
+    int idle[IDLE_CONNS];        /* open connections, guarded by the store's lock */
+    int nidle;
     atomic_int fails;            /* failures in a row */
     atomic_int_fast64_t open_until; /* monotonic us; 0 = closed */
     atomic_int probing;          /* one half-open probe at a time */
@@ -105,6 +110,28 @@ static void rec_mac(mc_store *s, const char *k, const void *val, size_t len,
 }
 
 /* ---- handles and breakers ---- */
+
+static int conn_take(mc_store *s, breaker *b)
+{
+    g_mutex_lock(&s->lock);
+    int fd = b->nidle ? b->idle[--b->nidle] : -1;
+    g_mutex_unlock(&s->lock);
+    return fd;
+}
+
+static void conn_put(mc_store *s, breaker *b, int fd)
+{
+    if (fd < 0)
+        return;
+    g_mutex_lock(&s->lock);
+    if (b->nidle < IDLE_CONNS) {
+        b->idle[b->nidle++] = fd;
+        fd = -1;
+    }
+    g_mutex_unlock(&s->lock);
+    if (fd >= 0)
+        close(fd);
+}
 
 static memcached_st *borrow(mc_store *s)
 {
@@ -710,6 +737,185 @@ static void mc_write_many(mx_store *base, const mx_store_write *w, size_t n, mx_
     g_free(lines);
 }
 
+/*
+ * The counters of one policy step (each rule's, the sliding windows'
+ * previous ones) in one exchange: "incr" for every key, pipelined on a kept
+ * connection to each server, all servers at once. Keys absent and to be
+ * created take a second exchange, "add 0 with the expiry" then "incr", as
+ * write_many does (the first event of a window only). A server that fails
+ * fast (connection refused or closed) has its keys done by the single
+ * calls, so libmemcached ejects it and moves its keys as it does for them;
+ * one that does not answer fails its keys (the rule's on_store_down).
+ */
+static void mc_incr_many(mx_store *base, const char *const *keys, const uint64_t *delta,
+                         const int *ttl, size_t n, uint64_t *now, mx_store_rc *rcs)
+{
+    mc_store *s = (mc_store *)base;
+    typedef char mkey[4 + 32 + 1];
+    mkey *pk = g_new(mkey, n ? n : 1);
+    int *srv = g_new(int, n ? n : 1);
+    int *retry = g_new0(int, n ? n : 1);     /* 1: single call; 2: create */
+    size_t *line = g_new(size_t, n ? n : 1); /* key -> its decisive reply line */
+    memcached_st *m = borrow(s);
+    for (size_t i = 0; i < n; i++) {
+        mc_key(s, keys[i], pk[i]);
+        now[i] = 0;
+        rcs[i] = MX_STORE_ERROR;
+        breaker *b = m ? breaker_for(s, m, pk[i]) : NULL;
+        srv[i] = b ? (int)(b - s->br) : -1;
+        if (!b)
+            retry[i] = 1;
+    }
+    if (m)
+        give_back(s, m);
+    GString **req = g_new0(GString *, s->nbr);
+    size_t *lines = g_new(size_t, s->nbr);
+    unsigned char **reply = g_new0(unsigned char *, s->nbr);
+    uint64_t **num = g_new0(uint64_t *, s->nbr);
+    mx_mc_req *rq = g_new0(mx_mc_req, s->nbr);
+    int *rq_srv = g_new(int, s->nbr);
+    int *reused = g_new(int, s->nbr);    /* its connection was a kept one */
+    for (int pass = 0; pass < 2; pass++) {
+        for (int j = 0; j < s->nbr; j++) {
+            req[j] = NULL;
+            lines[j] = 0;
+        }
+        for (size_t i = 0; i < n; i++) {
+            if (srv[i] < 0 || (pass == 0 ? retry[i] != 0 : retry[i] != 2))
+                continue;
+            int j = srv[i];
+            if (!req[j])
+                req[j] = g_string_new(NULL);
+            if (pass == 1) {
+                g_string_append_printf(req[j], "add %s 0 %lld 1\r\n0\r\n", pk[i],
+                                       (long long)mc_ttl(ttl[i]));
+                lines[j]++;
+            }
+            g_string_append_printf(req[j], "incr %s %llu\r\n", pk[i],
+                                   (unsigned long long)delta[i]);
+            line[i] = lines[j]++;
+        }
+        size_t k = 0;
+        uint64_t cmds = 0;
+        for (int j = 0; j < s->nbr; j++) {
+            if (!req[j])
+                continue;
+            if (!breaker_allows(s, &s->br[j])) {
+                atomic_fetch_add(&s->stats.fast_failed, 1);
+                continue; /* its keys stay ERROR */
+            }
+            reply[j] = g_malloc(lines[j]);
+            num[j] = g_new(uint64_t, lines[j]);
+            rq[k] = (mx_mc_req){.host = s->br[j].host, .port = s->br[j].port,
+                                .fd = conn_take(s, &s->br[j]), .data = req[j]->str,
+                                .len = req[j]->len, .n = lines[j], .reply = reply[j],
+                                .number = num[j]};
+            reused[k] = rq[k].fd >= 0;
+            rq_srv[k++] = j;
+            cmds += lines[j];
+        }
+        if (k) {
+            sent(s, 1, cmds);
+            mx_mc_exchange(rq, k, s->timeout_ms);
+        }
+        /* A kept connection that failed at once with nothing answered was
+         * most likely closed by a restarted server, as the others kept for
+         * it are: drop them and send once more on a new one. */
+        size_t again = 0;
+        uint64_t again_cmds = 0;
+        for (size_t t = 0; t < k; t++) {
+            if (!rq[t].err || rq[t].timed_out || !reused[t] || rq[t].got != 0)
+                continue;
+            int fd;
+            while ((fd = conn_take(s, &s->br[rq_srv[t]])) >= 0)
+                close(fd);
+            g_free(rq[t].err);
+            rq[t].err = NULL;
+            rq[t].fd = -1;
+            mx_mc_req q = rq[t];
+            int js = rq_srv[t];
+            rq[t] = rq[again];
+            rq_srv[t] = rq_srv[again];
+            rq[again] = q;
+            rq_srv[again++] = js;
+            again_cmds += q.n;
+        }
+        if (again) {
+            sent(s, 1, again_cmds);
+            mx_mc_exchange(rq, again, s->timeout_ms);
+        }
+        int *failed = g_new0(int, s->nbr); /* 1 fast, 2 by timeout */
+        for (size_t t = 0; t < k; t++) {
+            int j = rq_srv[t];
+            if (rq[t].err) {
+                failed[j] = rq[t].timed_out ? 2 : 1;
+                g_free(rq[t].err);
+                atomic_fetch_add(&s->stats.errors, 1);
+            }
+            /* a refusing server is judged by the single calls its keys
+             * go to next (libmemcached ejects it there): a half-open
+             * probe passes to them */
+            if (failed[j] != 1)
+                breaker_result(s, &s->br[j], failed[j] == 0);
+            else
+                atomic_store(&s->br[j].probing, 0);
+            conn_put(s, &s->br[j], rq[t].fd);
+        }
+        for (size_t i = 0; i < n; i++) {
+            int j = srv[i];
+            if (j < 0 || (pass == 0 ? retry[i] != 0 : retry[i] != 2) || !reply[j])
+                continue;
+            unsigned char r = reply[j][line[i]];
+            if (failed[j] == 1 && r == MX_MC_NONE) {
+                /* not answered: whether it was applied is unknown, and a
+                 * count twice is the safe side of a limit */
+                retry[i] = 1;
+                continue;
+            }
+            if (r == MX_MC_NUMBER) {
+                now[i] = num[j][line[i]];
+                rcs[i] = MX_STORE_OK;
+                retry[i] = 0;
+            } else if (r == MX_MC_NOT_FOUND && pass == 0) {
+                rcs[i] = MX_STORE_NOT_FOUND;
+                retry[i] = delta[i] ? 2 : 0;
+            } else {
+                rcs[i] = MX_STORE_ERROR;
+                retry[i] = 0;
+            }
+        }
+        g_free(failed);
+        for (int j = 0; j < s->nbr; j++) {
+            if (req[j])
+                g_string_free(req[j], TRUE);
+            g_free(reply[j]);
+            g_free(num[j]);
+            reply[j] = NULL;
+            num[j] = NULL;
+        }
+    }
+    /* the keys for the single calls */
+    for (size_t i = 0; i < n; i++) {
+        if (retry[i] != 1)
+            continue;
+        if (delta[i])
+            rcs[i] = mc_incr(base, keys[i], delta[i], ttl[i], &now[i]);
+        else
+            mc_counters(base, &keys[i], 1, &now[i], &rcs[i]);
+    }
+    g_free(pk);
+    g_free(srv);
+    g_free(retry);
+    g_free(line);
+    g_free(req);
+    g_free(lines);
+    g_free(reply);
+    g_free(num);
+    g_free(rq);
+    g_free(rq_srv);
+    g_free(reused);
+}
+
 static void mc_destroy(mx_store *base)
 {
     mc_store *s = (mc_store *)base;
@@ -718,8 +924,11 @@ static void mc_destroy(mx_store *base)
     g_ptr_array_free(s->idle, TRUE);
     memcached_free(s->master);
     EVP_MAC_CTX_free(s->mac);
-    for (int i = 0; i < s->nbr; i++)
+    for (int i = 0; i < s->nbr; i++) {
+        for (int k = 0; k < s->br[i].nidle; k++)
+            close(s->br[i].idle[k]);
         g_free(s->br[i].host);
+    }
     g_free(s->br);
     g_mutex_clear(&s->lock);
     OPENSSL_cleanse(s->key, sizeof(s->key));
@@ -750,6 +959,7 @@ static const mx_store_ops mc_ops = {
     .server_state = mc_server_state,
     .decr = mc_decr,
     .get_many = mc_get_many,
+    .incr_many = mc_incr_many,
     /* Not libmemcached's buffered requests: in 1.1.4 they lost writes and
      * tripped its own assertions here. */
     .write_many = mc_write_many,

@@ -408,63 +408,90 @@ static int rule_applies(const mx_rl_rule *r, mx_pol_stage st)
 
 static const char *const verdict_names[] = {"pass", "over", "unchecked", "store_down"};
 
-/* Rate limits: returns 1 when refused, 0 to go on. */
+/* One rule's result: traced and logged; returns 1 if it refuses, and
+ * when it is the first to (first) makes the refusal. */
+static int judge_limit(pol_job *j, const mx_rl_rule *r, const char *v, const mx_rl_result *rp,
+                       int connect, int first)
+{
+    const mx_rl_result res = *rp;
+    mx_trace_rule(j->trace, stage_names[j->stage], r->name, mx_rl_key_name(r->key),
+                  mx_rl_count_name(r->count), v, res.before, res.after, r->limit,
+                  res.local ? "counted on this node only (store down)"
+                            : verdict_names[res.verdict]);
+    int level = res.verdict == MX_RL_PASS && !res.local ? MX_LOG_DEBUG : MX_LOG_INFO;
+    if (mx_log_enabled(level)) {
+        GString *l = mx_log_begin(level, "ratelimit");
+        mx_log_kv(l, "sid", j->sid);
+        mx_log_kv(l, "trace", j->tid);
+        mx_log_kv(l, "rule", r->name);
+        mx_log_kv(l, mx_rl_key_name(r->key), v);
+        mx_log_kv(l, "count", mx_rl_count_name(r->count));
+        mx_log_kvi(l, "before", (int64_t)res.before);
+        mx_log_kvi(l, "after", (int64_t)res.after);
+        mx_log_kvi(l, "limit", (int64_t)r->limit);
+        mx_log_kv(l, "verdict", verdict_names[res.verdict]);
+        if (res.local)
+            mx_log_kv(l, "store", "down: counted on this node only");
+        mx_log_end(l);
+    }
+    if (res.verdict != MX_RL_OVER && res.verdict != MX_RL_STORE_DOWN)
+        return 0;
+    if (!first)
+        return 1;
+    if (res.verdict == MX_RL_OVER) {
+        int reject = r->action == MX_RL_REJECT;
+        refuse(j,
+               connect ? (reject ? MX_R_REP_CONNECT : MX_R_RATE_CONNECT)
+                       : (reject ? MX_R_RATE_REJECT : MX_R_RATE_TEMP),
+               connect, MX_OUT_REJECTED_RATELIMIT,
+               "ratelimit %s %s=%s %s %llu > %llu (retry in %d s)", r->name,
+               mx_rl_key_name(r->key), v, mx_rl_count_name(r->count),
+               (unsigned long long)res.after, (unsigned long long)r->limit, res.retry_after);
+        j->res.ratelimited = 1;
+        return 1;
+    }
+    refuse(j, connect ? MX_R_STORE_DOWN_CONNECT : MX_R_STORE_DOWN, connect, MX_OUT_TEMPFAILED,
+           "ratelimit %s: store unavailable and on_store_down = closed", r->name);
+    return 1;
+}
+
+/* Rate limits: every rule of the step counted in one store call (one
+ * round trip); returns 1 when one refused, 0 to go on. */
 static int check_limits(pol_job *j, int64_t now)
 {
     int connect = j->stage == MX_POL_CONNECT;
-    for (int i = 0; i < j->cfg->nrules; i++) {
+    int nr = j->cfg->nrules;
+    const mx_rl_rule **rules = g_new(const mx_rl_rule *, nr ? nr : 1);
+    char **values = g_new(char *, nr ? nr : 1);
+    uint64_t *amounts = g_new(uint64_t, nr ? nr : 1);
+    mx_rl_result *results = g_new(mx_rl_result, nr ? nr : 1);
+    size_t n = 0;
+    for (int i = 0; i < nr; i++) {
         const mx_rl_rule *r = &j->cfg->rules[i];
         if (!rule_applies(r, j->stage))
             continue;
         char *v = mx_rl_value(r->key, j->ip, j->helo, j->from, j->rcpt);
         if (!v)
             continue;
-        mx_rl_result res;
-        uint64_t amount = j->stage == MX_POL_DATA ? j->amount : 1;
-        mx_rl_hit(j->p->store, j->p->local, r, v, amount, now, &res);
-        mx_trace_rule(j->trace, stage_names[j->stage], r->name, mx_rl_key_name(r->key),
-                      mx_rl_count_name(r->count), v, res.before, res.after, r->limit,
-                      res.local ? "counted on this node only (store down)"
-                                : verdict_names[res.verdict]);
-        int level = res.verdict == MX_RL_PASS && !res.local ? MX_LOG_DEBUG : MX_LOG_INFO;
-        if (mx_log_enabled(level)) {
-            GString *l = mx_log_begin(level, "ratelimit");
-            mx_log_kv(l, "sid", j->sid);
-            mx_log_kv(l, "trace", j->tid);
-            mx_log_kv(l, "rule", r->name);
-            mx_log_kv(l, mx_rl_key_name(r->key), v);
-            mx_log_kv(l, "count", mx_rl_count_name(r->count));
-            mx_log_kvi(l, "before", (int64_t)res.before);
-            mx_log_kvi(l, "after", (int64_t)res.after);
-            mx_log_kvi(l, "limit", (int64_t)r->limit);
-            mx_log_kv(l, "verdict", verdict_names[res.verdict]);
-            if (res.local)
-                mx_log_kv(l, "store", "down: counted on this node only");
-            mx_log_end(l);
-        }
-        if (res.verdict == MX_RL_OVER) {
-            int reject = r->action == MX_RL_REJECT;
-            refuse(j,
-                   connect ? (reject ? MX_R_REP_CONNECT : MX_R_RATE_CONNECT)
-                           : (reject ? MX_R_RATE_REJECT : MX_R_RATE_TEMP),
-                   connect, MX_OUT_REJECTED_RATELIMIT,
-                   "ratelimit %s %s=%s %s %llu > %llu (retry in %d s)", r->name,
-                   mx_rl_key_name(r->key), v, mx_rl_count_name(r->count),
-                   (unsigned long long)res.after, (unsigned long long)r->limit, res.retry_after);
-            j->res.ratelimited = 1;
-            g_free(v);
-            return 1;
-        }
-        if (res.verdict == MX_RL_STORE_DOWN) {
-            refuse(j, connect ? MX_R_STORE_DOWN_CONNECT : MX_R_STORE_DOWN, connect,
-                   MX_OUT_TEMPFAILED, "ratelimit %s: store unavailable and on_store_down = closed", r->name);
-            g_free(v);
-            return 1;
-        }
-        g_free(v);
+        rules[n] = r;
+        values[n] = v;
+        amounts[n++] = j->stage == MX_POL_DATA ? j->amount : 1;
     }
-    return 0;
+    mx_rl_hit_many(j->p->store, j->p->local, rules, (const char *const *)values, amounts, n, now,
+                   results);
+    /* every rule counted is traced; the first that refuses answers */
+    int refused = 0;
+    for (size_t i = 0; i < n; i++)
+        refused |= judge_limit(j, rules[i], values[i], &results[i], connect, !refused);
+    for (size_t i = 0; i < n; i++)
+        g_free(values[i]);
+    g_free(rules);
+    g_free(values);
+    g_free(amounts);
+    g_free(results);
+    return refused;
 }
+
 
 /* ---- concurrency leases ---- */
 

@@ -87,7 +87,8 @@ static void remember_pid(GPid pid, int add)
 
 static void server_start(server *s)
 {
-    s->port = free_port();
+    if (s->port == 0) /* a restart keeps the port */
+        s->port = free_port();
     char port[16];
     snprintf(port, sizeof(port), "%d", s->port);
     const char *bin = g_file_test("/usr/bin/memcached", G_FILE_TEST_IS_EXECUTABLE)
@@ -775,6 +776,183 @@ static void test_round_trips_are_counted(void)
     server_stop(&sv[1]);
 }
 
+/* Several rules of one step, fixed and sliding, on two servers: one
+ * round trip per event once their windows exist, and the same verdicts
+ * as the rules counted one by one. */
+static void test_rules_of_a_step_cost_one_round_trip(void)
+{
+    server sv[2] = {{0}, {0}};
+    server_start(&sv[0]);
+    server_start(&sv[1]);
+    mx_store *s = store_for(sv, 2, 3);
+    const mx_store_stats *st = s->ops->stats(s);
+    mx_rl_rule r[4] = {
+        {.name = (char *)"ip", .key = MX_RL_CLIENT_IP, .count = MX_RL_MESSAGES, .limit = 1000,
+         .window = 60, .algorithm = MX_RL_FIXED},
+        {.name = (char *)"snd", .key = MX_RL_SENDER, .count = MX_RL_MESSAGES, .limit = 5,
+         .window = 3600, .algorithm = MX_RL_FIXED},
+        {.name = (char *)"dom", .key = MX_RL_SENDER_DOMAIN, .count = MX_RL_MESSAGES,
+         .limit = 1000, .window = 600, .algorithm = MX_RL_SLIDING},
+        {.name = (char *)"net", .key = MX_RL_CLIENT_NET, .count = MX_RL_MESSAGES, .limit = 8,
+         .window = 600, .algorithm = MX_RL_SLIDING},
+    };
+    const mx_rl_rule *rules[4] = {&r[0], &r[1], &r[2], &r[3]};
+    const char *values[4] = {"192.0.2.7", "a@x.test", "x.test", "192.0.2.0/24"};
+    uint64_t amounts[4] = {1, 1, 1, 1};
+    mx_rl_result res[4];
+    int64_t now = 1700000000;
+    mx_rl_hit_many(s, NULL, rules, values, amounts, 4, now, res); /* creates the windows */
+    for (int ev = 2; ev <= 10; ev++) {
+        uint64_t rt = atomic_load(&st->round_trips);
+        mx_rl_hit_many(s, NULL, rules, values, amounts, 4, now, res);
+        g_assert_cmpuint(atomic_load(&st->round_trips) - rt, ==, 1);
+        g_assert_cmpint(res[0].verdict, ==, MX_RL_PASS);
+        g_assert_cmpint(res[1].verdict, ==, ev <= 5 ? MX_RL_PASS : MX_RL_OVER);
+        g_assert_cmpint(res[2].verdict, ==, MX_RL_PASS);
+        g_assert_cmpint(res[3].verdict, ==, ev <= 8 ? MX_RL_PASS : MX_RL_OVER);
+        for (int i = 0; i < 4; i++) {
+            g_assert_cmpuint(res[i].after, ==, (uint64_t)ev);
+            g_assert_cmpuint(res[i].before, ==, (uint64_t)ev - 1);
+        }
+        /* the single call agrees */
+        mx_rl_result one;
+        mx_rl_peek(s, &r[3], values[3], now, &one);
+        g_assert_cmpuint(one.after, ==, (uint64_t)ev);
+    }
+    /* the previous window counts in the sliding estimate: 10 events in
+     * the last window, a quarter into the next one weigh 7.5 */
+    mx_rl_hit_many(s, NULL, rules, values, amounts, 4, now - now % 600 + 600 + 150, res);
+    g_assert_cmpuint(res[3].after, ==, 1);
+    g_assert_cmpfloat(res[3].estimate, ==, 1 + 10 * 0.75);
+    g_assert_cmpint(res[3].verdict, ==, MX_RL_OVER);
+    mx_store_free(s);
+    server_stop(&sv[0]);
+    server_stop(&sv[1]);
+}
+
+/* Keys: n counters, the first half on server 0, the rest on server 1. */
+static char **keys_on_both(mx_store *s, server *sv, const char *prefix, int n)
+{
+    char **k = g_new0(char *, n + 1);
+    int have[2] = {0, 0};
+    for (int i = 0; have[0] + have[1] < n && i < 10000; i++) {
+        char *key = g_strdup_printf("%s%d", prefix, i);
+        uint64_t before = items_on(&sv[1]);
+        g_assert_cmpint(mx_store_incr(s, key, 1, 60, NULL), ==, MX_STORE_OK);
+        int on = items_on(&sv[1]) > before;
+        mx_store_del(s, key);
+        if (have[on] < n / 2 + (on ? n % 2 : 0)) {
+            k[on ? n / 2 + have[1] : have[0]] = key;
+            have[on]++;
+        } else {
+            g_free(key);
+        }
+    }
+    g_assert_cmpint(have[0] + have[1], ==, n);
+    return k;
+}
+
+/* The counters of a policy step in one exchange: created at their delta
+ * with their expiry, moved when present, read (and not created) with a
+ * delta of 0; both servers at once, on kept connections that survive a
+ * server's restart. */
+static void test_incr_many(void)
+{
+    server sv[2] = {{0}, {0}};
+    server_start(&sv[0]);
+    server_start(&sv[1]);
+    mx_store *s = store_for(sv, 2, 3);
+    const mx_store_stats *st = s->ops->stats(s);
+    enum { N = 6 };
+    char **k = keys_on_both(s, sv, "im:", N);
+    uint64_t delta[N] = {1, 5, 0, 1, 7, 0};
+    int ttl[N] = {60, 60, 60, 1, 60, 60};
+    uint64_t now[N];
+    mx_store_rc rcs[N];
+    uint64_t rt = atomic_load(&st->round_trips);
+    mx_store_incr_many(s, (const char *const *)k, delta, ttl, N, now, rcs);
+    /* all absent: one exchange, then one more to create those with a delta */
+    g_assert_cmpuint(atomic_load(&st->round_trips) - rt, ==, 2);
+    uint64_t want[N] = {1, 5, 0, 1, 7, 0};
+    mx_store_rc want_rc[N] = {MX_STORE_OK, MX_STORE_OK, MX_STORE_NOT_FOUND,
+                              MX_STORE_OK, MX_STORE_OK, MX_STORE_NOT_FOUND};
+    for (int i = 0; i < N; i++) {
+        g_assert_cmpint(rcs[i], ==, want_rc[i]);
+        g_assert_cmpuint(now[i], ==, want[i]);
+    }
+    uint64_t v = 0;
+    mx_store_rc rc;
+    mx_store_counters(s, (const char *const *)&k[2], 1, &v, &rc);
+    g_assert_cmpint(rc, ==, MX_STORE_NOT_FOUND); /* a read created nothing */
+
+    uint64_t again[N] = {2, 0, 0, 3, 1, 0};
+    rt = atomic_load(&st->round_trips);
+    mx_store_incr_many(s, (const char *const *)k, again, ttl, N, now, rcs);
+    g_assert_cmpuint(atomic_load(&st->round_trips) - rt, ==, 1); /* both servers, one wait */
+    uint64_t want2[N] = {3, 5, 0, 4, 8, 0};
+    for (int i = 0; i < N; i++)
+        g_assert_cmpuint(now[i], ==, want2[i]);
+
+    /* created with its expiry: k[3] (ttl 1) is gone after it */
+    g_usleep(2200000);
+    mx_store_counters(s, (const char *const *)&k[3], 1, &v, &rc);
+    g_assert_cmpint(rc, ==, MX_STORE_NOT_FOUND);
+
+    /* a restarted server closed the kept connections: the next call still
+     * counts, and no breaker opens */
+    server_stop(&sv[1]);
+    server_start(&sv[1]);
+    for (int round = 0; round < 5; round++) {
+        uint64_t one[N] = {1, 1, 1, 1, 1, 1};
+        mx_store_incr_many(s, (const char *const *)k, one, ttl, N, now, rcs);
+        for (int i = 0; i < N; i++)
+            g_assert_cmpint(rcs[i], ==, MX_STORE_OK);
+    }
+    g_assert_cmpuint(now[0], ==, 3 + 5);
+    g_assert_cmpuint(now[N / 2], ==, 5); /* server 1 started empty */
+    g_assert_cmpuint(atomic_load(&st->breaker_opened), ==, 0);
+
+    /* a hung server: its keys fail within the timeout, the others count */
+    kill(sv[1].pid, SIGSTOP);
+    wait_stopped(sv[1].pid);
+    uint64_t one[N] = {1, 1, 1, 1, 1, 1};
+    gint64 t0 = g_get_monotonic_time();
+    mx_store_incr_many(s, (const char *const *)k, one, ttl, N, now, rcs);
+    g_assert_cmpint(g_get_monotonic_time() - t0, <, 400000);
+    for (int i = 0; i < N; i++)
+        g_assert_cmpint(rcs[i], ==, i < N / 2 ? MX_STORE_OK : MX_STORE_ERROR);
+    g_assert_cmpuint(now[0], ==, 3 + 5 + 1);
+    kill(sv[1].pid, SIGCONT);
+
+    /* a dead one: its keys fail (or move, once libmemcached has ejected
+     * it), each call in bounded time; the live server's keys count */
+    server_stop(&sv[1]);
+    for (int round = 0; round < 10; round++) {
+        t0 = g_get_monotonic_time();
+        mx_store_incr_many(s, (const char *const *)k, one, ttl, N, now, rcs);
+        g_assert_cmpint(g_get_monotonic_time() - t0, <, 400000);
+        for (int i = 0; i < N / 2; i++)
+            g_assert_cmpint(rcs[i], ==, MX_STORE_OK);
+    }
+    /* back on its port: its keys count again, once the breaker's
+     * cool-down (500 ms here) and the dead timeout (2 s) are over */
+    server_start(&sv[1]);
+    int back = 0;
+    for (int round = 0; round < 60 && !back; round++) {
+        g_usleep(100000);
+        mx_store_incr_many(s, (const char *const *)k, one, ttl, N, now, rcs);
+        back = 1;
+        for (int i = 0; i < N; i++)
+            back &= rcs[i] == MX_STORE_OK;
+    }
+    g_assert_true(back);
+    for (int i = 0; i < N; i++)
+        g_free(k[i]);
+    g_free(k);
+    mx_store_free(s);
+    server_stop(&sv[0]);
+}
+
 static void test_bad_config(void)
 {
     char *err = NULL;
@@ -810,6 +988,9 @@ int main(int argc, char **argv)
                     test_bulk_set_with_a_hung_server);
     g_test_add_func("/store_memcached/write_many_semantics", test_write_many_semantics);
     g_test_add_func("/store_memcached/round_trips_are_counted", test_round_trips_are_counted);
+    g_test_add_func("/store_memcached/incr_many", test_incr_many);
+    g_test_add_func("/store_memcached/rules_of_a_step_cost_one_round_trip",
+                    test_rules_of_a_step_cost_one_round_trip);
     g_test_add_func("/store_memcached/bad_config", test_bad_config);
     return g_test_run();
 }
