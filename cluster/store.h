@@ -53,6 +53,7 @@ typedef struct mx_store_stats {
      * them. Attempts count, answered or not. */
     atomic_uint_fast64_t round_trips;
     atomic_uint_fast64_t commands;
+    atomic_uint_fast64_t combined;       /* exchanges that carried several callers' counters */
 } mx_store_stats;
 
 enum { MX_BREAKER_CLOSED, MX_BREAKER_OPEN, MX_BREAKER_HALF_OPEN };

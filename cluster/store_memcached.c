@@ -72,6 +72,11 @@ typedef struct mc_store {
     int64_t cooldown_us;
     mx_store_stats stats;
     void (*log)(int level, const char *event, const char *msg);
+    /* incr_many callers waiting for an exchange (mc_incr_many) */
+    GMutex comb_lock;
+    GCond comb_cond;
+    struct incr_req *comb_head, **comb_tail;
+    int comb_leading;
 } mc_store;
 
 /* ---- keys and records ---- */
@@ -747,8 +752,8 @@ static void mc_write_many(mx_store *base, const mx_store_write *w, size_t n, mx_
  * calls, so libmemcached ejects it and moves its keys as it does for them;
  * one that does not answer fails its keys (the rule's on_store_down).
  */
-static void mc_incr_many(mx_store *base, const char *const *keys, const uint64_t *delta,
-                         const int *ttl, size_t n, uint64_t *now, mx_store_rc *rcs)
+static void incr_many_now(mx_store *base, const char *const *keys, const uint64_t *delta,
+                          const int *ttl, size_t n, uint64_t *now, mx_store_rc *rcs)
 {
     mc_store *s = (mc_store *)base;
     typedef char mkey[4 + 32 + 1];
@@ -916,6 +921,92 @@ static void mc_incr_many(mx_store *base, const char *const *keys, const uint64_t
     g_free(reused);
 }
 
+/* One caller's counters, waiting for an exchange. */
+typedef struct incr_req {
+    const char *const *keys;
+    const uint64_t *delta;
+    const int *ttl;
+    size_t n;
+    uint64_t *now;
+    mx_store_rc *rcs;
+    int done;
+    struct incr_req *next;
+} incr_req;
+
+/* Everything in the list as one incr_many_now: the same key twice gets
+ * two increments, answered in order, so each caller sees its own value. */
+static void incr_batch(mc_store *s, incr_req *list)
+{
+    if (!list->next) {
+        incr_many_now(&s->base, list->keys, list->delta, list->ttl, list->n, list->now,
+                      list->rcs);
+        return;
+    }
+    size_t n = 0;
+    for (incr_req *r = list; r; r = r->next)
+        n += r->n;
+    const char **keys = g_new(const char *, n);
+    uint64_t *delta = g_new(uint64_t, n), *now = g_new(uint64_t, n);
+    int *ttl = g_new(int, n);
+    mx_store_rc *rcs = g_new(mx_store_rc, n);
+    size_t i = 0;
+    for (incr_req *r = list; r; r = r->next)
+        for (size_t k = 0; k < r->n; k++, i++) {
+            keys[i] = r->keys[k];
+            delta[i] = r->delta[k];
+            ttl[i] = r->ttl[k];
+        }
+    incr_many_now(&s->base, keys, delta, ttl, n, now, rcs);
+    atomic_fetch_add(&s->stats.combined, 1);
+    i = 0;
+    for (incr_req *r = list; r; r = r->next)
+        for (size_t k = 0; k < r->n; k++, i++) {
+            r->now[k] = now[i];
+            r->rcs[k] = rcs[i];
+        }
+    g_free(keys);
+    g_free(delta);
+    g_free(now);
+    g_free(ttl);
+    g_free(rcs);
+}
+
+/*
+ * Callers that arrive while an exchange is out wait for it, and the next
+ * exchange carries all of them: under load, sessions share round trips.
+ * One thread at a time leads (sends the batch and hands out the results);
+ * the others sleep until their counters are done or the lead is free.
+ */
+static void mc_incr_many(mx_store *base, const char *const *keys, const uint64_t *delta,
+                         const int *ttl, size_t n, uint64_t *now, mx_store_rc *rcs)
+{
+    mc_store *s = (mc_store *)base;
+    incr_req me = {.keys = keys, .delta = delta, .ttl = ttl, .n = n, .now = now, .rcs = rcs};
+    g_mutex_lock(&s->comb_lock);
+    *s->comb_tail = &me;
+    s->comb_tail = &me.next;
+    while (!me.done) {
+        if (s->comb_leading) {
+            g_cond_wait(&s->comb_cond, &s->comb_lock);
+            continue;
+        }
+        s->comb_leading = 1;
+        incr_req *batch = s->comb_head;
+        s->comb_head = NULL;
+        s->comb_tail = &s->comb_head;
+        g_mutex_unlock(&s->comb_lock);
+        incr_batch(s, batch);
+        g_mutex_lock(&s->comb_lock);
+        for (incr_req *r = batch, *next; r; r = next) {
+            next = r->next; /* r may return (and be gone) once done is seen */
+            r->done = 1;
+        }
+        s->comb_leading = 0;
+        g_cond_broadcast(&s->comb_cond);
+    }
+    g_mutex_unlock(&s->comb_lock);
+}
+
 static void mc_destroy(mx_store *base)
 {
     mc_store *s = (mc_store *)base;
@@ -931,6 +1022,8 @@ static void mc_destroy(mx_store *base)
     }
     g_free(s->br);
     g_mutex_clear(&s->lock);
+    g_mutex_clear(&s->comb_lock);
+    g_cond_clear(&s->comb_cond);
     OPENSSL_cleanse(s->key, sizeof(s->key));
     g_free(s);
 }
@@ -977,6 +1070,9 @@ mx_store *mx_store_memcached_new(const mx_memcached_conf *conf, char **err)
     mc_store *s = g_new0(mc_store, 1);
     s->base.ops = &mc_ops;
     g_mutex_init(&s->lock);
+    g_mutex_init(&s->comb_lock);
+    g_cond_init(&s->comb_cond);
+    s->comb_tail = &s->comb_head;
     s->idle = g_ptr_array_new();
     memcpy(s->key, conf->key, conf->keylen);
     s->keylen = conf->keylen;

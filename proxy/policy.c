@@ -829,12 +829,17 @@ void mx_policy_metrics(mx_policy *p, GString *out)
             "servers (a pipelined batch counts once per server).\n"
             "# TYPE mxgate_store_round_trips_total counter\nmxgate_store_round_trips_total %llu\n"
             "# HELP mxgate_store_commands_total Commands sent to the store's servers.\n"
-            "# TYPE mxgate_store_commands_total counter\nmxgate_store_commands_total %llu\n",
+            "# TYPE mxgate_store_commands_total counter\nmxgate_store_commands_total %llu\n"
+            "# HELP mxgate_store_combined_exchanges_total Counter exchanges that carried the "
+            "counters of several sessions.\n"
+            "# TYPE mxgate_store_combined_exchanges_total counter\n"
+            "mxgate_store_combined_exchanges_total %llu\n",
             (unsigned long long)atomic_load(&st->errors),
             (unsigned long long)atomic_load(&st->fast_failed),
             (unsigned long long)atomic_load(&st->bad_records),
             (unsigned long long)atomic_load(&st->round_trips),
-            (unsigned long long)atomic_load(&st->commands));
+            (unsigned long long)atomic_load(&st->commands),
+            (unsigned long long)atomic_load(&st->combined));
     }
     g_string_append_printf(
         out,
