@@ -25,6 +25,12 @@
  *    until a single probe, after the cool-down, succeeds.
  * Handles (memcached_st) are not thread-safe: each call borrows a clone
  * from a small free list.
+ *
+ * The counters of a policy step (incr_many) bypass libmemcached: they are
+ * pipelined on connections kept per server, all servers in one poll loop
+ * (mc_pipe.c), and callers that arrive while an exchange is out share the
+ * next one. Placement and breakers are the same as for the single calls,
+ * and a server that refuses sends its keys to them (see mc_incr_many).
  */
 #include <stdatomic.h>
 #include <stdio.h>
@@ -456,14 +462,13 @@ static GBytes *rec_open(mc_store *s, const char *k, const char *v, size_t len)
     return g_bytes_new(v + 1 + MAC_LEN, len - 1 - MAC_LEN);
 }
 
-/* One multi-get for all keys (libmemcached sends one request per server);
- * found(ctx, i, physical key, value, length) for each key that came back.
- * rcs[i] starts NOT_FOUND, and turns ERROR for every key not found when
- * a server did not answer (what it held is unknown). */
+/* Multi-gets: found(ctx, i, physical key, value, length) for each key
+ * that came back. rcs[i] starts NOT_FOUND, and turns ERROR for every key
+ * not found when its server did not answer (what it held is unknown). */
 typedef void (*mget_found)(mc_store *s, void *ctx, size_t i, const char *k, const char *v,
                            size_t len, mx_store_rc *rc);
 
-/* One server's share of a multi-get: keys idx[0..m) of pk. */
+/* One server's share of a multi-get: the keys pk[idx[0..cnt)]. */
 static void mget_server(mc_store *s, memcached_st *m, breaker *b, char (*pk)[4 + 32 + 1],
                         const size_t *idx, size_t cnt, GHashTable *index, unsigned char *seen,
                         mget_found found, void *ctx, mx_store_rc *rcs)
