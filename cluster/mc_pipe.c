@@ -204,15 +204,3 @@ int mx_mc_exchange(mx_mc_req *r, size_t k, int timeout_ms)
     g_free(map);
     return failed;
 }
-
-int mx_mc_pipeline(const char *host, int port, int timeout_ms, const void *req, size_t len,
-                   size_t n, unsigned char *reply, char **err)
-{
-    mx_mc_req r = {.host = host, .port = port, .fd = -1, .data = req, .len = len, .n = n,
-                   .reply = reply};
-    int failed = mx_mc_exchange(&r, 1, timeout_ms);
-    if (r.fd >= 0)
-        close(r.fd);
-    *err = r.err;
-    return failed ? -1 : 0;
-}

@@ -10,7 +10,7 @@
  * policy step: one command and one reply at a time costs a round trip and
  * two system calls per command;
  * libmemcached 1.1.4's buffered mode, the other way to batch, loses
- * writes and its replies (see store_memcached.c).
+ * writes and its replies (see store_mc_batch.c).
  *
  * Blocking, with a deadline on every step: run it off the event loops.
  */
@@ -58,16 +58,5 @@ typedef struct mx_mc_req {
  * wait for progress. Returns how many failed.
  */
 int mx_mc_exchange(mx_mc_req *r, size_t k, int timeout_ms);
-
-/*
- * Send req (len bytes of n commands, each answered by one line: set, add,
- * delete, incr ...) to host:port and read the n reply lines; reply[i] is
- * what line i said (MX_MC_*). Returns 0 when all n were read, -1 with
- * *err (g_free it) when the server could not be reached or stopped
- * answering for timeout_ms: the replies not read are MX_MC_NONE, and what
- * became of those commands is unknown.
- */
-int mx_mc_pipeline(const char *host, int port, int timeout_ms, const void *req, size_t len,
-                   size_t n, unsigned char *reply, char **err);
 
 #endif

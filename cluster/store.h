@@ -48,9 +48,10 @@ typedef struct mx_store_stats {
     atomic_uint_fast64_t fast_failed;    /* calls refused by an open breaker */
     atomic_uint_fast64_t bad_records;    /* records that failed their HMAC: ignored */
     atomic_uint_fast64_t breaker_opened; /* times a breaker opened */
-    /* What went to the servers: request/reply exchanges (a pipelined batch
-     * or a multi-get is one per server it reaches), and the commands in
-     * them. Attempts count, answered or not. */
+    /* What went to the servers: waits for replies (a pipelined exchange
+     * with several servers at once is one; a multi-get is one per server
+     * it reaches), and the commands in them. Attempts count, answered or
+     * not. */
     atomic_uint_fast64_t round_trips;
     atomic_uint_fast64_t commands;
     atomic_uint_fast64_t combined;       /* exchanges that carried several callers' counters */

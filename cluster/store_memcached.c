@@ -46,44 +46,7 @@
 #include <openssl/params.h>
 
 #include "mc_pipe.h"
-#include "store.h"
-
-#define REC_VERSION 1
-#define MAC_LEN 32
-
-#define IDLE_CONNS 8 /* kept per server for incr_many, between calls */
-
-typedef struct breaker {
-    char *host;
-    int port;
-    int idle[IDLE_CONNS];        /* open connections, guarded by the store's lock */
-    int nidle;
-    atomic_int fails;            /* failures in a row */
-    atomic_int_fast64_t open_until; /* monotonic us; 0 = closed */
-    atomic_int probing;          /* one half-open probe at a time */
-} breaker;
-
-typedef struct mc_store {
-    mx_store base;
-    int timeout_ms;
-    memcached_st *master;
-    GMutex lock;                 /* guards idle */
-    GPtrArray *idle;             /* memcached_st clones */
-    breaker *br;
-    int nbr;
-    unsigned char key[64];
-    size_t keylen;
-    EVP_MAC_CTX *mac;            /* HMAC-SHA256 keyed with key; duplicated per use */
-    int failures_to_open;
-    int64_t cooldown_us;
-    mx_store_stats stats;
-    void (*log)(int level, const char *event, const char *msg);
-    /* incr_many callers waiting for an exchange (mc_incr_many) */
-    GMutex comb_lock;
-    GCond comb_cond;
-    struct incr_req *comb_head, **comb_tail;
-    int comb_leading;
-} mc_store;
+#include "store_mc_int.h"
 
 /* ---- keys and records ---- */
 
@@ -101,7 +64,7 @@ static void hmac(mc_store *s, unsigned char out[MAC_LEN], const void *const *p,
     EVP_MAC_CTX_free(c);
 }
 
-static void mc_key(mc_store *s, const char *logical, char out[4 + 32 + 1])
+void mc_key(mc_store *s, const char *logical, char out[4 + 32 + 1])
 {
     unsigned char mac[MAC_LEN];
     const void *p[] = {"key\0", logical};
@@ -122,29 +85,7 @@ static void rec_mac(mc_store *s, const char *k, const void *val, size_t len,
 
 /* ---- handles and breakers ---- */
 
-static int conn_take(mc_store *s, breaker *b)
-{
-    g_mutex_lock(&s->lock);
-    int fd = b->nidle ? b->idle[--b->nidle] : -1;
-    g_mutex_unlock(&s->lock);
-    return fd;
-}
-
-static void conn_put(mc_store *s, breaker *b, int fd)
-{
-    if (fd < 0)
-        return;
-    g_mutex_lock(&s->lock);
-    if (b->nidle < IDLE_CONNS) {
-        b->idle[b->nidle++] = fd;
-        fd = -1;
-    }
-    g_mutex_unlock(&s->lock);
-    if (fd >= 0)
-        close(fd);
-}
-
-static memcached_st *borrow(mc_store *s)
+memcached_st *mc_borrow(mc_store *s)
 {
     g_mutex_lock(&s->lock);
     memcached_st *m = s->idle->len ? g_ptr_array_steal_index_fast(s->idle, s->idle->len - 1)
@@ -153,7 +94,7 @@ static memcached_st *borrow(mc_store *s)
     return m ? m : memcached_clone(NULL, s->master);
 }
 
-static void give_back(mc_store *s, memcached_st *m)
+void mc_give_back(mc_store *s, memcached_st *m)
 {
     g_mutex_lock(&s->lock);
     if (s->idle->len < 64) {
@@ -165,7 +106,7 @@ static void give_back(mc_store *s, memcached_st *m)
         memcached_free(m);
 }
 
-static breaker *breaker_for(mc_store *s, memcached_st *m, const char *k)
+breaker *mc_breaker_for(mc_store *s, memcached_st *m, const char *k)
 {
     memcached_return_t rc;
     const memcached_instance_st *in = memcached_server_by_key(m, k, strlen(k), &rc);
@@ -179,9 +120,7 @@ static breaker *breaker_for(mc_store *s, memcached_st *m, const char *k)
     return NULL;
 }
 
-static void mc_log(mc_store *s, int level, const char *event, const char *fmt, ...)
-    G_GNUC_PRINTF(4, 5);
-static void mc_log(mc_store *s, int level, const char *event, const char *fmt, ...)
+void mc_log(mc_store *s, int level, const char *event, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -193,7 +132,7 @@ static void mc_log(mc_store *s, int level, const char *event, const char *fmt, .
 }
 
 /* May a call go to this server now? */
-static int breaker_allows(mc_store *s, breaker *b)
+int mc_breaker_allows(mc_store *s, breaker *b)
 {
     if (!b)
         return 1;
@@ -206,7 +145,7 @@ static int breaker_allows(mc_store *s, breaker *b)
     return atomic_compare_exchange_strong(&b->probing, &expect, 1);
 }
 
-static void breaker_result(mc_store *s, breaker *b, int ok)
+void mc_breaker_result(mc_store *s, breaker *b, int ok)
 {
     if (!b)
         return;
@@ -259,13 +198,13 @@ typedef struct call {
 static int call_begin(mc_store *s, call *c, const char *logical)
 {
     mc_key(s, logical, c->key);
-    c->m = borrow(s);
+    c->m = mc_borrow(s);
     if (!c->m)
         return 0;
-    c->b = breaker_for(s, c->m, c->key);
-    if (!breaker_allows(s, c->b)) {
+    c->b = mc_breaker_for(s, c->m, c->key);
+    if (!mc_breaker_allows(s, c->b)) {
         atomic_fetch_add(&s->stats.fast_failed, 1);
-        give_back(s, c->m);
+        mc_give_back(s, c->m);
         return 0;
     }
     return 1;
@@ -274,23 +213,22 @@ static int call_begin(mc_store *s, call *c, const char *logical)
 static mx_store_rc call_end(mc_store *s, call *c, memcached_return_t rc)
 {
     int ok = server_ok(rc);
-    breaker_result(s, c->b, ok);
+    mc_breaker_result(s, c->b, ok);
     if (!ok)
         atomic_fetch_add(&s->stats.errors, 1);
-    give_back(s, c->m);
+    mc_give_back(s, c->m);
     return ok ? MX_STORE_OK : MX_STORE_ERROR;
 }
 
 /* ---- operations ---- */
 
-static void sent(mc_store *s, uint64_t round_trips, uint64_t commands)
+void mc_sent(mc_store *s, uint64_t round_trips, uint64_t commands)
 {
     atomic_fetch_add(&s->stats.round_trips, round_trips);
     atomic_fetch_add(&s->stats.commands, commands);
 }
 
-/* memcached reads an expiry over 30 days as a unix time: give it one. */
-static time_t mc_ttl(int ttl)
+time_t mc_ttl(int ttl)
 {
     if (ttl <= 0)
         return 0;
@@ -306,7 +244,7 @@ static memcached_return_t mc_step(mc_store *s, memcached_st *m, const char *k, s
     memcached_return_t rc = MEMCACHED_SUCCESS;
     do {
         uint32_t d = delta > UINT32_MAX ? UINT32_MAX : (uint32_t)delta;
-        sent(s, 1, 1);
+        mc_sent(s, 1, 1);
         rc = up ? memcached_increment(m, k, kl, d, v) : memcached_decrement(m, k, kl, d, v);
         delta -= d;
     } while (rc == MEMCACHED_SUCCESS && delta > 0);
@@ -314,7 +252,6 @@ static memcached_return_t mc_step(mc_store *s, memcached_st *m, const char *k, s
 }
 
 static GBytes *rec_open(mc_store *s, const char *k, const char *v, size_t len);
-static void rec_seal(mc_store *s, const char *k, GBytes *val, GByteArray *out);
 
 static mx_store_rc mc_get(mx_store *base, const char *key, GBytes **val)
 {
@@ -326,7 +263,7 @@ static mx_store_rc mc_get(mx_store *base, const char *key, GBytes **val)
     size_t len = 0;
     uint32_t flags = 0;
     memcached_return_t rc;
-    sent(s, 1, 1);
+    mc_sent(s, 1, 1);
     char *v = memcached_get(c.m, c.key, strlen(c.key), &len, &flags, &rc);
     mx_store_rc r = call_end(s, &c, rc);
     if (r != MX_STORE_OK) {
@@ -352,8 +289,8 @@ static mx_store_rc mc_store_cmd(mx_store *base, const char *key, const void *val
         return MX_STORE_ERROR;
     GBytes *v = g_bytes_new_static(val, len);
     GByteArray *buf = g_byte_array_new();
-    rec_seal(s, c.key, v, buf);
-    sent(s, 1, 1);
+    mc_rec_seal(s, c.key, v, buf);
+    mc_sent(s, 1, 1);
     memcached_return_t rc =
         (add ? memcached_add : memcached_set)(c.m, c.key, strlen(c.key), (const char *)buf->data,
                                               buf->len, mc_ttl(ttl), 0);
@@ -378,7 +315,7 @@ static mx_store_rc mc_add(mx_store *base, const char *key, const void *val, size
 /* ASCII memcached has no increment-with-initial: incr; if absent, add the
  * initial value with its expiry (one step, so no counter lives without
  * one); if another node added it first, incr again. */
-static mx_store_rc mc_incr(mx_store *base, const char *key, uint64_t delta, int ttl,
+mx_store_rc mc_incr(mx_store *base, const char *key, uint64_t delta, int ttl,
                            uint64_t *now)
 {
     mc_store *s = (mc_store *)base;
@@ -391,7 +328,7 @@ static mx_store_rc mc_incr(mx_store *base, const char *key, uint64_t delta, int 
     if (rc == MEMCACHED_NOTFOUND) {
         char num[24];
         int n = snprintf(num, sizeof(num), "%llu", (unsigned long long)delta);
-        sent(s, 1, 1);
+        mc_sent(s, 1, 1);
         rc = memcached_add(c.m, c.key, kl, num, (size_t)n, mc_ttl(ttl), 0);
         if (rc == MEMCACHED_SUCCESS || rc == MEMCACHED_STORED) {
             v = delta;
@@ -427,7 +364,7 @@ static mx_store_rc mc_del(mx_store *base, const char *key)
     call c;
     if (!call_begin(s, &c, key))
         return MX_STORE_ERROR;
-    sent(s, 1, 1);
+    mc_sent(s, 1, 1);
     memcached_return_t rc = memcached_delete(c.m, c.key, strlen(c.key), 0);
     return call_end(s, &c, rc);
 }
@@ -438,7 +375,7 @@ static mx_store_rc mc_touch(mx_store *base, const char *key, int ttl)
     call c;
     if (!call_begin(s, &c, key))
         return MX_STORE_ERROR;
-    sent(s, 1, 1);
+    mc_sent(s, 1, 1);
     memcached_return_t rc = memcached_touch(c.m, c.key, strlen(c.key), mc_ttl(ttl));
     mx_store_rc r = call_end(s, &c, rc);
     if (r == MX_STORE_OK && rc == MEMCACHED_NOTFOUND)
@@ -473,7 +410,7 @@ static void mget_server(mc_store *s, memcached_st *m, breaker *b, char (*pk)[4 +
                         const size_t *idx, size_t cnt, GHashTable *index, unsigned char *seen,
                         mget_found found, void *ctx, mx_store_rc *rcs)
 {
-    if (!breaker_allows(s, b)) {
+    if (!mc_breaker_allows(s, b)) {
         atomic_fetch_add(&s->stats.fast_failed, 1);
         for (size_t t = 0; t < cnt; t++)
             rcs[idx[t]] = MX_STORE_ERROR;
@@ -485,7 +422,7 @@ static void mget_server(mc_store *s, memcached_st *m, breaker *b, char (*pk)[4 +
         kp[t] = pk[idx[t]];
         kl[t] = strlen(pk[idx[t]]);
     }
-    sent(s, 1, cnt);
+    mc_sent(s, 1, cnt);
     memcached_return_t rc = memcached_mget(m, kp, kl, cnt);
     if (rc == MEMCACHED_SUCCESS) {
         memcached_result_st *res;
@@ -506,7 +443,7 @@ static void mget_server(mc_store *s, memcached_st *m, breaker *b, char (*pk)[4 +
         }
     }
     int ok = rc == MEMCACHED_SUCCESS || rc == MEMCACHED_END || rc == MEMCACHED_NOTFOUND;
-    breaker_result(s, b, ok);
+    mc_breaker_result(s, b, ok);
     if (!ok) {
         /* what the server held is unknown */
         for (size_t t = 0; t < cnt; t++)
@@ -524,7 +461,7 @@ static void mget_each(mc_store *s, const char *const *keys, size_t n, mget_found
                       void *ctx, mx_store_rc *rcs)
 {
     typedef char mkey[4 + 32 + 1];
-    memcached_st *m = borrow(s);
+    memcached_st *m = mc_borrow(s);
     mkey *pk = g_new(mkey, n ? n : 1);
     unsigned char *seen = g_new0(unsigned char, n ? n : 1);
     size_t *order = g_new(size_t, n ? n : 1); /* keys grouped by server */
@@ -535,7 +472,7 @@ static void mget_each(mc_store *s, const char *const *keys, size_t n, mget_found
         mc_key(s, keys[i], pk[i]);
         rcs[i] = m ? MX_STORE_NOT_FOUND : MX_STORE_ERROR;
         g_hash_table_insert(index, pk[i], GSIZE_TO_POINTER(i + 1));
-        breaker *b = m ? breaker_for(s, m, pk[i]) : NULL;
+        breaker *b = m ? mc_breaker_for(s, m, pk[i]) : NULL;
         srv[i] = b ? (int)(b - s->br) : s->nbr; /* nbr: no breaker known */
         count[srv[i]]++;
     }
@@ -552,7 +489,7 @@ static void mget_each(mc_store *s, const char *const *keys, size_t n, mget_found
                             index, seen, found, ctx, rcs);
         g_free(start);
         g_free(fill);
-        give_back(s, m);
+        mc_give_back(s, m);
     }
     g_hash_table_destroy(index);
     g_free(pk);
@@ -598,7 +535,7 @@ static void found_counter(mc_store *s, void *ctx, size_t i, const char *k, const
     *rc = MX_STORE_OK;
 }
 
-static void mc_counters(mx_store *base, const char *const *keys, size_t n, uint64_t *vals,
+void mc_counters(mx_store *base, const char *const *keys, size_t n, uint64_t *vals,
                         mx_store_rc *rcs)
 {
     for (size_t i = 0; i < n; i++)
@@ -607,7 +544,7 @@ static void mc_counters(mx_store *base, const char *const *keys, size_t n, uint6
 }
 
 /* The signed form of a record: version | HMAC | value. */
-static void rec_seal(mc_store *s, const char *k, GBytes *val, GByteArray *out)
+void mc_rec_seal(mc_store *s, const char *k, GBytes *val, GByteArray *out)
 {
     gsize len = 0;
     const void *v = val ? g_bytes_get_data(val, &len) : "";
@@ -618,400 +555,6 @@ static void rec_seal(mc_store *s, const char *k, GBytes *val, GByteArray *out)
     g_byte_array_append(out, v, (guint)len);
 }
 
-/* One operation as commands; how many reply lines they get, and which of
- * them says how it went (*decisive, counted from the first). An increment
- * is "add 0 with the expiry" then "incr" (then "touch" when asked): the
- * counter never exists without its expiry, and no reply is awaited in
- * between. */
-static int encode_write(mc_store *s, const mx_store_write *w, const char *k, GByteArray *req,
-                        int *decisive)
-{
-    *decisive = 0;
-    char head[160];
-    int hl;
-    switch (w->op) {
-    case MX_STORE_W_SET:
-    case MX_STORE_W_ADD: {
-        gsize len = w->val ? g_bytes_get_size(w->val) : 0;
-        hl = snprintf(head, sizeof(head), "%s %s 0 %lld %zu\r\n",
-                      w->op == MX_STORE_W_SET ? "set" : "add", k, (long long)mc_ttl(w->ttl),
-                      (size_t)(1 + MAC_LEN + len));
-        g_byte_array_append(req, (const guint8 *)head, (guint)hl);
-        rec_seal(s, k, w->val, req);
-        g_byte_array_append(req, (const guint8 *)"\r\n", 2);
-        return 1;
-    }
-    case MX_STORE_W_INCR:
-        hl = snprintf(head, sizeof(head), "add %s 0 %lld 1\r\n0\r\nincr %s %llu\r\n", k,
-                      (long long)mc_ttl(w->ttl), k, (unsigned long long)w->delta);
-        g_byte_array_append(req, (const guint8 *)head, (guint)hl);
-        *decisive = 1;
-        if (!w->touch)
-            return 2;
-        hl = snprintf(head, sizeof(head), "touch %s %lld\r\n", k, (long long)mc_ttl(w->ttl));
-        g_byte_array_append(req, (const guint8 *)head, (guint)hl);
-        return 3;
-    case MX_STORE_W_DEL:
-        hl = snprintf(head, sizeof(head), "delete %s\r\n", k);
-        g_byte_array_append(req, (const guint8 *)head, (guint)hl);
-        return 1;
-    }
-    return 0;
-}
-
-/* What the decisive reply line of one operation means. */
-static mx_store_rc decode_write(mx_store_wop op, unsigned char r)
-{
-    switch (op) {
-    case MX_STORE_W_SET: return r == MX_MC_STORED ? MX_STORE_OK : MX_STORE_ERROR;
-    case MX_STORE_W_ADD:
-        return r == MX_MC_STORED ? MX_STORE_OK : r == MX_MC_NOT_STORED ? MX_STORE_NOT_FOUND
-                                                                        : MX_STORE_ERROR;
-    case MX_STORE_W_INCR: return r == MX_MC_NUMBER ? MX_STORE_OK : MX_STORE_ERROR;
-    case MX_STORE_W_DEL:
-        return r == MX_MC_DELETED ? MX_STORE_OK : r == MX_MC_NOT_FOUND ? MX_STORE_NOT_FOUND
-                                                                        : MX_STORE_ERROR;
-    }
-    return MX_STORE_ERROR;
-}
-
-/* Batches, pipelined per server on a connection of their own (mc_pipe.c)
- * with every reply read: a round trip per record would cap a feed at a
- * few tens of thousands a second. Keys go to the server libmemcached
- * would pick, through the same breakers. */
-static void mc_write_many(mx_store *base, const mx_store_write *w, size_t n, mx_store_rc *rcs)
-{
-    mc_store *s = (mc_store *)base;
-    memcached_st *m = borrow(s);
-    int *server = g_new(int, n ? n : 1);
-    size_t *last = g_new(size_t, n ? n : 1); /* op -> its decisive reply line */
-    GByteArray **req = g_new0(GByteArray *, s->nbr);
-    GArray **ops = g_new0(GArray *, s->nbr);
-    size_t *lines = g_new0(size_t, s->nbr);
-    for (size_t i = 0; i < n; i++) {
-        char k[4 + 32 + 1];
-        mc_key(s, w[i].key, k);
-        breaker *b = m ? breaker_for(s, m, k) : NULL;
-        server[i] = b ? (int)(b - s->br) : -1;
-        rcs[i] = MX_STORE_ERROR;
-        if (!b)
-            continue;
-        int j = server[i];
-        if (!req[j]) {
-            req[j] = g_byte_array_new();
-            ops[j] = g_array_new(FALSE, FALSE, sizeof(size_t));
-        }
-        int decisive = 0;
-        size_t first = lines[j];
-        lines[j] += (size_t)encode_write(s, &w[i], k, req[j], &decisive);
-        last[i] = first + (size_t)decisive;
-        g_array_append_val(ops[j], i);
-    }
-    for (int j = 0; j < s->nbr; j++) {
-        if (!req[j])
-            continue;
-        breaker *b = &s->br[j];
-        if (!breaker_allows(s, b)) {
-            atomic_fetch_add(&s->stats.fast_failed, 1);
-        } else {
-            unsigned char *reply = g_malloc(lines[j]);
-            char *err = NULL;
-            sent(s, 1, lines[j]);
-            int prc = mx_mc_pipeline(b->host, b->port, s->timeout_ms, req[j]->data, req[j]->len,
-                                     lines[j], reply, &err);
-            breaker_result(s, b, prc == 0);
-            if (prc < 0) {
-                atomic_fetch_add(&s->stats.errors, 1);
-                mc_log(s, 1, "store_batch_failed", "memcached %s", err);
-                g_free(err);
-            }
-            for (guint t = 0; t < ops[j]->len; t++) {
-                size_t i = g_array_index(ops[j], size_t, t);
-                rcs[i] = decode_write(w[i].op, reply[last[i]]);
-            }
-            g_free(reply);
-        }
-        g_byte_array_free(req[j], TRUE);
-        g_array_free(ops[j], TRUE);
-    }
-    if (m)
-        give_back(s, m);
-    /* a key with no server known to the breakers: one by one */
-    for (size_t i = 0; i < n; i++)
-        if (server[i] < 0)
-            mx_store_write_each(base, &w[i], 1, &rcs[i]);
-    g_free(server);
-    g_free(last);
-    g_free(req);
-    g_free(ops);
-    g_free(lines);
-}
-
-/*
- * The counters of one policy step (each rule's, the sliding windows'
- * previous ones) in one exchange: "incr" for every key, pipelined on a kept
- * connection to each server, all servers at once. Keys absent and to be
- * created take a second exchange, "add 0 with the expiry" then "incr", as
- * write_many does (the first event of a window only). A server that fails
- * fast (connection refused or closed) has its keys done by the single
- * calls, so libmemcached ejects it and moves its keys as it does for them;
- * one that does not answer fails its keys (the rule's on_store_down).
- */
-static void incr_many_now(mx_store *base, const char *const *keys, const uint64_t *delta,
-                          const int *ttl, size_t n, uint64_t *now, mx_store_rc *rcs)
-{
-    mc_store *s = (mc_store *)base;
-    typedef char mkey[4 + 32 + 1];
-    mkey *pk = g_new(mkey, n ? n : 1);
-    int *srv = g_new(int, n ? n : 1);
-    int *retry = g_new0(int, n ? n : 1);     /* 1: single call; 2: create */
-    size_t *line = g_new(size_t, n ? n : 1); /* key -> its decisive reply line */
-    memcached_st *m = borrow(s);
-    for (size_t i = 0; i < n; i++) {
-        mc_key(s, keys[i], pk[i]);
-        now[i] = 0;
-        rcs[i] = MX_STORE_ERROR;
-        breaker *b = m ? breaker_for(s, m, pk[i]) : NULL;
-        srv[i] = b ? (int)(b - s->br) : -1;
-        if (!b)
-            retry[i] = 1;
-    }
-    if (m)
-        give_back(s, m);
-    GString **req = g_new0(GString *, s->nbr);
-    size_t *lines = g_new(size_t, s->nbr);
-    unsigned char **reply = g_new0(unsigned char *, s->nbr);
-    uint64_t **num = g_new0(uint64_t *, s->nbr);
-    mx_mc_req *rq = g_new0(mx_mc_req, s->nbr);
-    int *rq_srv = g_new(int, s->nbr);
-    int *reused = g_new(int, s->nbr);    /* its connection was a kept one */
-    for (int pass = 0; pass < 2; pass++) {
-        for (int j = 0; j < s->nbr; j++) {
-            req[j] = NULL;
-            lines[j] = 0;
-        }
-        for (size_t i = 0; i < n; i++) {
-            if (srv[i] < 0 || (pass == 0 ? retry[i] != 0 : retry[i] != 2))
-                continue;
-            int j = srv[i];
-            if (!req[j])
-                req[j] = g_string_new(NULL);
-            if (pass == 1) {
-                g_string_append_printf(req[j], "add %s 0 %lld 1\r\n0\r\n", pk[i],
-                                       (long long)mc_ttl(ttl[i]));
-                lines[j]++;
-            }
-            g_string_append_printf(req[j], "incr %s %llu\r\n", pk[i],
-                                   (unsigned long long)delta[i]);
-            line[i] = lines[j]++;
-        }
-        size_t k = 0;
-        uint64_t cmds = 0;
-        for (int j = 0; j < s->nbr; j++) {
-            if (!req[j])
-                continue;
-            if (!breaker_allows(s, &s->br[j])) {
-                atomic_fetch_add(&s->stats.fast_failed, 1);
-                continue; /* its keys stay ERROR */
-            }
-            reply[j] = g_malloc(lines[j]);
-            num[j] = g_new(uint64_t, lines[j]);
-            rq[k] = (mx_mc_req){.host = s->br[j].host, .port = s->br[j].port,
-                                .fd = conn_take(s, &s->br[j]), .data = req[j]->str,
-                                .len = req[j]->len, .n = lines[j], .reply = reply[j],
-                                .number = num[j]};
-            reused[k] = rq[k].fd >= 0;
-            rq_srv[k++] = j;
-            cmds += lines[j];
-        }
-        if (k) {
-            sent(s, 1, cmds);
-            mx_mc_exchange(rq, k, s->timeout_ms);
-        }
-        /* A kept connection that failed at once with nothing answered was
-         * most likely closed by a restarted server, as the others kept for
-         * it are: drop them and send once more on a new one. */
-        size_t again = 0;
-        uint64_t again_cmds = 0;
-        for (size_t t = 0; t < k; t++) {
-            if (!rq[t].err || rq[t].timed_out || !reused[t] || rq[t].got != 0)
-                continue;
-            int fd;
-            while ((fd = conn_take(s, &s->br[rq_srv[t]])) >= 0)
-                close(fd);
-            g_free(rq[t].err);
-            rq[t].err = NULL;
-            rq[t].fd = -1;
-            mx_mc_req q = rq[t];
-            int js = rq_srv[t];
-            rq[t] = rq[again];
-            rq_srv[t] = rq_srv[again];
-            rq[again] = q;
-            rq_srv[again++] = js;
-            again_cmds += q.n;
-        }
-        if (again) {
-            sent(s, 1, again_cmds);
-            mx_mc_exchange(rq, again, s->timeout_ms);
-        }
-        int *failed = g_new0(int, s->nbr); /* 1 fast, 2 by timeout */
-        for (size_t t = 0; t < k; t++) {
-            int j = rq_srv[t];
-            if (rq[t].err) {
-                failed[j] = rq[t].timed_out ? 2 : 1;
-                g_free(rq[t].err);
-                atomic_fetch_add(&s->stats.errors, 1);
-            }
-            /* a refusing server is judged by the single calls its keys
-             * go to next (libmemcached ejects it there): a half-open
-             * probe passes to them */
-            if (failed[j] != 1)
-                breaker_result(s, &s->br[j], failed[j] == 0);
-            else
-                atomic_store(&s->br[j].probing, 0);
-            conn_put(s, &s->br[j], rq[t].fd);
-        }
-        for (size_t i = 0; i < n; i++) {
-            int j = srv[i];
-            if (j < 0 || (pass == 0 ? retry[i] != 0 : retry[i] != 2) || !reply[j])
-                continue;
-            unsigned char r = reply[j][line[i]];
-            if (failed[j] == 1 && r == MX_MC_NONE) {
-                /* not answered: whether it was applied is unknown, and a
-                 * count twice is the safe side of a limit */
-                retry[i] = 1;
-                continue;
-            }
-            if (r == MX_MC_NUMBER) {
-                now[i] = num[j][line[i]];
-                rcs[i] = MX_STORE_OK;
-                retry[i] = 0;
-            } else if (r == MX_MC_NOT_FOUND && pass == 0) {
-                rcs[i] = MX_STORE_NOT_FOUND;
-                retry[i] = delta[i] ? 2 : 0;
-            } else {
-                rcs[i] = MX_STORE_ERROR;
-                retry[i] = 0;
-            }
-        }
-        g_free(failed);
-        for (int j = 0; j < s->nbr; j++) {
-            if (req[j])
-                g_string_free(req[j], TRUE);
-            g_free(reply[j]);
-            g_free(num[j]);
-            reply[j] = NULL;
-            num[j] = NULL;
-        }
-    }
-    /* the keys for the single calls */
-    for (size_t i = 0; i < n; i++) {
-        if (retry[i] != 1)
-            continue;
-        if (delta[i])
-            rcs[i] = mc_incr(base, keys[i], delta[i], ttl[i], &now[i]);
-        else
-            mc_counters(base, &keys[i], 1, &now[i], &rcs[i]);
-    }
-    g_free(pk);
-    g_free(srv);
-    g_free(retry);
-    g_free(line);
-    g_free(req);
-    g_free(lines);
-    g_free(reply);
-    g_free(num);
-    g_free(rq);
-    g_free(rq_srv);
-    g_free(reused);
-}
-
-/* One caller's counters, waiting for an exchange. */
-typedef struct incr_req {
-    const char *const *keys;
-    const uint64_t *delta;
-    const int *ttl;
-    size_t n;
-    uint64_t *now;
-    mx_store_rc *rcs;
-    int done;
-    struct incr_req *next;
-} incr_req;
-
-/* Everything in the list as one incr_many_now: the same key twice gets
- * two increments, answered in order, so each caller sees its own value. */
-static void incr_batch(mc_store *s, incr_req *list)
-{
-    if (!list->next) {
-        incr_many_now(&s->base, list->keys, list->delta, list->ttl, list->n, list->now,
-                      list->rcs);
-        return;
-    }
-    size_t n = 0;
-    for (incr_req *r = list; r; r = r->next)
-        n += r->n;
-    const char **keys = g_new(const char *, n);
-    uint64_t *delta = g_new(uint64_t, n), *now = g_new(uint64_t, n);
-    int *ttl = g_new(int, n);
-    mx_store_rc *rcs = g_new(mx_store_rc, n);
-    size_t i = 0;
-    for (incr_req *r = list; r; r = r->next)
-        for (size_t k = 0; k < r->n; k++, i++) {
-            keys[i] = r->keys[k];
-            delta[i] = r->delta[k];
-            ttl[i] = r->ttl[k];
-        }
-    incr_many_now(&s->base, keys, delta, ttl, n, now, rcs);
-    atomic_fetch_add(&s->stats.combined, 1);
-    i = 0;
-    for (incr_req *r = list; r; r = r->next)
-        for (size_t k = 0; k < r->n; k++, i++) {
-            r->now[k] = now[i];
-            r->rcs[k] = rcs[i];
-        }
-    g_free(keys);
-    g_free(delta);
-    g_free(now);
-    g_free(ttl);
-    g_free(rcs);
-}
-
-/*
- * Callers that arrive while an exchange is out wait for it, and the next
- * exchange carries all of them: under load, sessions share round trips.
- * One thread at a time leads (sends the batch and hands out the results);
- * the others sleep until their counters are done or the lead is free.
- */
-static void mc_incr_many(mx_store *base, const char *const *keys, const uint64_t *delta,
-                         const int *ttl, size_t n, uint64_t *now, mx_store_rc *rcs)
-{
-    mc_store *s = (mc_store *)base;
-    incr_req me = {.keys = keys, .delta = delta, .ttl = ttl, .n = n, .now = now, .rcs = rcs};
-    g_mutex_lock(&s->comb_lock);
-    *s->comb_tail = &me;
-    s->comb_tail = &me.next;
-    while (!me.done) {
-        if (s->comb_leading) {
-            g_cond_wait(&s->comb_cond, &s->comb_lock);
-            continue;
-        }
-        s->comb_leading = 1;
-        incr_req *batch = s->comb_head;
-        s->comb_head = NULL;
-        s->comb_tail = &s->comb_head;
-        g_mutex_unlock(&s->comb_lock);
-        incr_batch(s, batch);
-        g_mutex_lock(&s->comb_lock);
-        for (incr_req *r = batch, *next; r; r = next) {
-            next = r->next; /* r may return (and be gone) once done is seen */
-            r->done = 1;
-        }
-        s->comb_leading = 0;
-        g_cond_broadcast(&s->comb_cond);
-    }
-    g_mutex_unlock(&s->comb_lock);
-}
-
 static void mc_destroy(mx_store *base)
 {
     mc_store *s = (mc_store *)base;
@@ -1020,15 +563,11 @@ static void mc_destroy(mx_store *base)
     g_ptr_array_free(s->idle, TRUE);
     memcached_free(s->master);
     EVP_MAC_CTX_free(s->mac);
-    for (int i = 0; i < s->nbr; i++) {
-        for (int k = 0; k < s->br[i].nidle; k++)
-            close(s->br[i].idle[k]);
+    mc_batch_clear(s);
+    for (int i = 0; i < s->nbr; i++)
         g_free(s->br[i].host);
-    }
     g_free(s->br);
     g_mutex_clear(&s->lock);
-    g_mutex_clear(&s->comb_lock);
-    g_cond_clear(&s->comb_cond);
     OPENSSL_cleanse(s->key, sizeof(s->key));
     g_free(s);
 }
@@ -1058,9 +597,7 @@ static const mx_store_ops mc_ops = {
     .decr = mc_decr,
     .get_many = mc_get_many,
     .incr_many = mc_incr_many,
-    /* Not libmemcached's buffered requests: in 1.1.4 they lost writes and
-     * tripped its own assertions here. */
-    .write_many = mc_write_many,
+    .write_many = mc_write_many, /* store_mc_batch.c */
     .add = mc_add,
     .touch = mc_touch,
     .counters = mc_counters,
@@ -1075,9 +612,7 @@ mx_store *mx_store_memcached_new(const mx_memcached_conf *conf, char **err)
     mc_store *s = g_new0(mc_store, 1);
     s->base.ops = &mc_ops;
     g_mutex_init(&s->lock);
-    g_mutex_init(&s->comb_lock);
-    g_cond_init(&s->comb_cond);
-    s->comb_tail = &s->comb_head;
+    mc_batch_init(s);
     s->idle = g_ptr_array_new();
     memcpy(s->key, conf->key, conf->keylen);
     s->keylen = conf->keylen;
