@@ -295,6 +295,23 @@ static void post_feed(http_conn *c, const char *target)
     ev_idle_start(c->a->loop, &c->work);
 }
 
+/* GET /v1/rep reads a record; POST changes it (same handler). */
+static void post_rep(http_conn *c, const char *target) { get_rep(c, target, 1); }
+static void read_rep(http_conn *c, const char *target) { get_rep(c, target, 0); }
+
+static const struct route {
+    const char *path;
+    void (*get)(http_conn *c, const char *target);  /* NULL: not allowed */
+    void (*post)(http_conn *c, const char *target);
+    const char *allowed;                             /* for the 405 */
+} routes[] = {
+    {"/v1/rep", read_rep, post_rep, "GET or POST /v1/rep\n"},
+    {"/v1/limits", get_limits, NULL, "GET /v1/limits\n"},
+    {"/v1/report", get_report, NULL, "GET /v1/report\n"},
+    {"/v1/explain", get_explain, NULL, "GET /v1/explain\n"},
+    {"/v1/feed", NULL, post_feed, "POST /v1/feed\n"},
+};
+
 void handle_v1(http_conn *c, const char *method, const char *target)
 {
     size_t plen = strcspn(target, "?");
@@ -304,33 +321,17 @@ void handle_v1(http_conn *c, const char *method, const char *target)
         http_respond(c, 403, "changes are accepted from this host only\n");
         return;
     }
-    if (plen == 7 && strncmp(target, "/v1/rep", 7) == 0) {
-        if (get || post)
-            get_rep(c, target, post);
+    for (size_t i = 0; i < G_N_ELEMENTS(routes); i++) {
+        const struct route *r = &routes[i];
+        if (strlen(r->path) != plen || strncmp(target, r->path, plen) != 0)
+            continue;
+        void (*h)(http_conn *, const char *) = get ? r->get : post ? r->post : NULL;
+        if (h)
+            h(c, target);
         else
-            http_respond(c, 405, "GET or POST /v1/rep\n");
-    } else if (plen == 10 && strncmp(target, "/v1/limits", 10) == 0) {
-        if (get)
-            get_limits(c, target);
-        else
-            http_respond(c, 405, "GET /v1/limits\n");
-    } else if (plen == 10 && strncmp(target, "/v1/report", 10) == 0) {
-        if (get)
-            get_report(c, target);
-        else
-            http_respond(c, 405, "GET /v1/report\n");
-    } else if (plen == 11 && strncmp(target, "/v1/explain", 11) == 0) {
-        if (get)
-            get_explain(c, target);
-        else
-            http_respond(c, 405, "GET /v1/explain\n");
-    } else if (plen == 8 && strncmp(target, "/v1/feed", 8) == 0) {
-        if (post)
-            post_feed(c, target);
-        else
-            http_respond(c, 405, "POST /v1/feed\n");
-    } else {
-        http_respond(c, 404, "not found\n");
+            http_respond(c, 405, r->allowed);
+        return;
     }
+    http_respond(c, 404, "not found\n");
 }
 
