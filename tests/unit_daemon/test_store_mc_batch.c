@@ -501,6 +501,7 @@ static void test_incr_many(void)
     g_free(k);
     mx_store_free(s);
     server_stop(&sv[0]);
+    server_stop(&sv[1]); /* the one started again above */
 }
 
 int main(int argc, char **argv)
