@@ -16,7 +16,7 @@
 
 #include "mc_pipe.h"
 
-static int connect_to(const char *host, int port, int timeout_ms, char **err)
+int mx_mc_connect(const char *host, int port, int timeout_ms, char **err)
 {
     char ps[16];
     snprintf(ps, sizeof(ps), "%d", port);
@@ -89,9 +89,9 @@ static void req_fail(mx_mc_req *r, int timed_out, const char *why)
     r->done = 1;
 }
 
-/* Take in r bytes of replies; a reply line past the n-th (there should be
- * none) leaves the connection in doubt: it is closed once done. */
-static void req_read(mx_mc_req *r, const char *buf, size_t len)
+/* Take in r bytes of replies, up to the end of the n-th line; returns the
+ * bytes taken. */
+static size_t req_take(mx_mc_req *r, const char *buf, size_t len)
 {
     size_t i = 0;
     for (; i < len && r->got < r->n; i++) {
@@ -110,29 +110,46 @@ static void req_read(mx_mc_req *r, const char *buf, size_t len)
         r->reply[r->got++] = code;
         r->ll = 0;
     }
-    if (r->got == r->n) {
+    if (r->got == r->n)
         r->done = 1;
-        if (i < len || r->ll) {
-            close(r->fd);
-            r->fd = -1;
-        }
+    return i;
+}
+
+/* A reply line past the n-th (there should be none) leaves the connection
+ * in doubt: it is closed once done. */
+static void req_read(mx_mc_req *r, const char *buf, size_t len)
+{
+    size_t i = req_take(r, buf, len);
+    if (r->done && (i < len || r->ll)) {
+        close(r->fd);
+        r->fd = -1;
     }
+}
+
+void mx_mc_reply_begin(mx_mc_req *r)
+{
+    memset(r->reply, MX_MC_NONE, r->n);
+    if (r->number)
+        memset(r->number, 0, r->n * sizeof(uint64_t));
+    r->sent = r->got = r->ll = 0;
+    r->err = NULL;
+    r->timed_out = 0;
+    r->done = r->n == 0;
+}
+
+size_t mx_mc_reply_take(mx_mc_req *r, const char *buf, size_t len)
+{
+    return req_take(r, buf, len);
 }
 
 int mx_mc_exchange(mx_mc_req *r, size_t k, int timeout_ms)
 {
     int failed = 0;
     for (size_t i = 0; i < k; i++) {
-        memset(r[i].reply, MX_MC_NONE, r[i].n);
-        if (r[i].number)
-            memset(r[i].number, 0, r[i].n * sizeof(uint64_t));
-        r[i].sent = r[i].got = r[i].ll = 0;
-        r[i].err = NULL;
-        r[i].timed_out = 0;
-        r[i].done = r[i].n == 0;
+        mx_mc_reply_begin(&r[i]);
         if (!r[i].done && r[i].fd < 0) {
             char *err = NULL;
-            r[i].fd = connect_to(r[i].host, r[i].port, timeout_ms, &err);
+            r[i].fd = mx_mc_connect(r[i].host, r[i].port, timeout_ms, &err);
             if (r[i].fd < 0) {
                 r[i].err = err;
                 r[i].done = 1;

@@ -59,4 +59,15 @@ typedef struct mx_mc_req {
  */
 int mx_mc_exchange(mx_mc_req *r, size_t k, int timeout_ms);
 
+/* A TCP connection to host:port, non-blocking, TCP_NODELAY; waits up to
+ * timeout_ms for it. -1 with *err (g_free it). */
+int mx_mc_connect(const char *host, int port, int timeout_ms, char **err);
+
+/* For a caller that reads the replies itself (an event loop): set r up for
+ * n reply lines (reply, number as above; fd, data and len unused), then
+ * hand it what arrives. Returns the bytes taken, up to the end of the n-th
+ * reply line; r->done is set once all n are in. */
+void mx_mc_reply_begin(mx_mc_req *r);
+size_t mx_mc_reply_take(mx_mc_req *r, const char *buf, size_t len);
+
 #endif
