@@ -178,30 +178,47 @@ void mx_rl_hit_many(mx_store *store, mx_store *local, const mx_rl_rule *const *r
     memset(out, 0, n * sizeof(*out));
     int *ok = g_new(int, n);
     count_many(store, rules, values, amounts, n, now, out, ok);
-    for (size_t i = 0; i < n; i++) {
-        if (ok[i])
-            continue;
-        memset(&out[i], 0, sizeof(out[i]));
-        switch (rules[i]->on_store_down) {
-        case MX_RL_DOWN_OPEN:
-            out[i].verdict = MX_RL_UNCHECKED;
-            break;
-        case MX_RL_DOWN_CLOSED:
-            out[i].verdict = MX_RL_STORE_DOWN;
-            break;
-        case MX_RL_DOWN_LOCAL: {
-            out[i].local = 1;
-            int lok = 0;
-            if (local)
-                count_many(local, &rules[i], &values[i], &amounts[i], 1, now, &out[i], &lok);
-            if (!lok)
-                out[i].verdict = MX_RL_STORE_DOWN; /* cannot happen with the embedded store */
-            out[i].local = 1;
-            break;
-        }
-        }
-    }
+    for (size_t i = 0; i < n; i++)
+        if (!ok[i])
+            mx_rl_store_down(local, rules[i], values[i], amounts[i], now, &out[i]);
     g_free(ok);
+}
+
+void mx_rl_store_down(mx_store *local, const mx_rl_rule *r, const char *value, uint64_t amount,
+                      int64_t now, mx_rl_result *out)
+{
+    memset(out, 0, sizeof(*out));
+    switch (r->on_store_down) {
+    case MX_RL_DOWN_OPEN:
+        out->verdict = MX_RL_UNCHECKED;
+        break;
+    case MX_RL_DOWN_CLOSED:
+        out->verdict = MX_RL_STORE_DOWN;
+        break;
+    case MX_RL_DOWN_LOCAL: {
+        int lok = 0;
+        if (local)
+            count_many(local, &r, &value, &amount, 1, now, out, &lok);
+        if (!lok)
+            out->verdict = MX_RL_STORE_DOWN; /* cannot happen with the embedded store */
+        out->local = 1;
+        break;
+    }
+    }
+}
+
+char *mx_rl_counter_now(const mx_rl_rule *r, const char *value, int64_t now, int *ttl)
+{
+    int64_t w = r->window > 0 ? r->window : 1;
+    *ttl = (int)(2 * w + 1); /* as count_many creates it */
+    return counter_key(r, now - now % w, value);
+}
+
+void mx_rl_judge_counted(const mx_rl_rule *r, uint64_t amount, int64_t now, uint64_t after,
+                         mx_rl_result *out)
+{
+    memset(out, 0, sizeof(*out));
+    judge(r, amount, now, after, 0, out);
 }
 
 void mx_rl_hit(mx_store *store, mx_store *local, const mx_rl_rule *r, const char *value,

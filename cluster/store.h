@@ -209,4 +209,29 @@ static inline void mx_store_write_many(mx_store *s, const mx_store_write *w, siz
 static inline mx_store_rc mx_store_del(mx_store *s, const char *k) { return s->ops->del(s, k); }
 static inline void mx_store_free(mx_store *s) { s->ops->destroy(s); }
 
+/*
+ * Counters moved from an event loop (memcached only; store_mc_loop.c).
+ * A store thread that waits for a reply sleeps and is woken for it; a loop
+ * that sends the command and reads the reply with its other events does
+ * not. These say where a key goes and keep the breakers and statistics
+ * the store's own calls keep. All but mx_store_loop_connect are safe on a
+ * loop (computation and atomics).
+ */
+#define MX_STORE_WIRE_KEY 40 /* "mx1:" + 32 hex digits + NUL, rounded up */
+/* How many servers a loop may talk to: 0 when the store is not memcached. */
+int mx_store_loop_servers(mx_store *s);
+/* The server key goes to (-1: none known), and its name on the wire. */
+int mx_store_loop_route(mx_store *s, const char *key, char wire[MX_STORE_WIRE_KEY]);
+/* The server's breaker is closed: calls may go there from a loop. */
+int mx_store_loop_ready(mx_store *s, int server);
+/* How a call to the server went (the breaker counts failures in a row). */
+void mx_store_loop_result(mx_store *s, int server, int ok);
+/* A new non-blocking connection to the server, -1 with *err; blocks up to
+ * the store's timeout: call it on a store thread. */
+int mx_store_loop_connect(mx_store *s, int server, char **err);
+const char *mx_store_loop_server_name(mx_store *s, int server, int *port);
+int mx_store_loop_timeout_ms(mx_store *s);
+/* Count what a loop sent (mx_store_stats round_trips, commands). */
+void mx_store_loop_sent(mx_store *s, uint64_t round_trips, uint64_t commands);
+
 #endif

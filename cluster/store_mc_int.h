@@ -73,6 +73,9 @@ breaker *mc_breaker_for(mc_store *s, memcached_st *m, const char *k);
 int mc_breaker_allows(mc_store *s, breaker *b);
 void mc_breaker_result(mc_store *s, breaker *b, int ok);
 
+/* Is s a memcached store? */
+int mc_is(mx_store *s);
+
 void mc_log(mc_store *s, int level, const char *event, const char *fmt, ...) G_GNUC_PRINTF(4, 5);
 /* Count round trips and commands (mx_store_stats). */
 void mc_sent(mc_store *s, uint64_t round_trips, uint64_t commands);

@@ -603,6 +603,8 @@ static const mx_store_ops mc_ops = {
     .counters = mc_counters,
 };
 
+int mc_is(mx_store *s) { return s->ops == &mc_ops; }
+
 mx_store *mx_store_memcached_new(const mx_memcached_conf *conf, char **err)
 {
     if (conf->keylen < 16 || conf->keylen > sizeof(((mc_store *)0)->key)) {

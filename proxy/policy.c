@@ -13,26 +13,8 @@
 #include "ratelimit.h"
 #include "reputation.h"
 #include "session_int.h"
+#include "policy_int.h"
 
-struct mx_policy {
-    mx_store *store;    /* the cluster store */
-    mx_store *local;    /* per-node fallback for on_store_down = local */
-    mx_rep_cache *cache;
-    int memcached;
-    int decay;          /* reputation.decay at start (counter keys depend on it) */
-    int history;        /* reputation.history at start */
-    int poll_ms;
-    int rep_enabled;
-    int report_ttl;     /* report.days at start, in seconds */
-    mx_report_tally *tally;
-    GMutex trace_lock;
-    GPtrArray *traces;  /* pending_trace: waiting for the poller */
-    atomic_uint_fast64_t traces_dropped, counts_lost;
-    GThread *thread;
-    GMutex lock;
-    GCond cond;
-    int stop;
-};
 
 typedef struct pending_trace {
     char *key;
@@ -241,28 +223,10 @@ mx_store *mx_policy_store(mx_policy *p) { return p->store; }
 
 /* ---- checks ---- */
 
-typedef struct pol_job {
-    mx_job job;
-    mx_session *s;
-    mx_policy *p;
-    mx_config *cfg;
-    mx_pol_stage stage;
-    char *ip, *helo, *from, *rcpt;
-    char sid[17];
-    char tid[32];       /* the trace id, for log lines */
-    mx_trace *trace;    /* the record rules and reads are added to */
-    uint64_t amount;
-    int64_t lease;      /* out: the concurrency lease period taken; -1 none */
-    int allowed;        /* in: already allow-listed; out: allow-listed now */
-    mx_pol_cont cont;
-    mx_pol_result res;
-} pol_job;
 
-static const char *const stage_names[] = {"connect", "mail", "rcpt", "data"};
+const char *const mx_pol_stage_names[] = {"connect", "mail", "rcpt", "data"};
 
-static void refuse(pol_job *j, mx_reply_id id, int close, mx_outcome o, const char *fmt, ...)
-    G_GNUC_PRINTF(5, 6);
-static void refuse(pol_job *j, mx_reply_id id, int close, mx_outcome o, const char *fmt, ...)
+void mx_pol_refuse(pol_job *j, mx_reply_id id, int close, mx_outcome o, const char *fmt, ...)
 {
     j->res.refuse = 1;
     j->res.close = close;
@@ -353,7 +317,7 @@ static int check_reputation(pol_job *j, int may_block, int64_t now)
         int32_t total = mx_rep_total(&got[i]);
         const char *kind = mx_rep_kind_name(r[i].kind);
         if (got[i].block) {
-            refuse(j, connect ? MX_R_REP_CONNECT : MX_R_REP_MAIL, connect,
+            mx_pol_refuse(j, connect ? MX_R_REP_CONNECT : MX_R_REP_MAIL, connect,
                    MX_OUT_REJECTED_REPUTATION, "reputation %s:%s blocked (%s%s%s)", kind, r[i].value,
                    got[i].source[0] ? got[i].source : "feed", got[i].reason[0] ? ": " : "",
                    got[i].reason);
@@ -362,13 +326,13 @@ static int check_reputation(pol_job *j, int may_block, int64_t now)
         }
         int limit = connect ? j->cfg->rep_connect_reject : j->cfg->rep_mail_reject;
         if (total <= limit) {
-            refuse(j, connect ? MX_R_REP_CONNECT : MX_R_REP_MAIL, connect,
+            mx_pol_refuse(j, connect ? MX_R_REP_CONNECT : MX_R_REP_MAIL, connect,
                    MX_OUT_REJECTED_REPUTATION, "reputation %s:%s score %d <= %d", kind, r[i].value, total, limit);
             rc = 1;
             goto out;
         }
         if (!connect && total <= j->cfg->rep_tempfail) {
-            refuse(j, MX_R_REP_TEMP, 0, MX_OUT_REJECTED_REPUTATION, "reputation %s:%s score %d <= %d", kind, r[i].value,
+            mx_pol_refuse(j, MX_R_REP_TEMP, 0, MX_OUT_REJECTED_REPUTATION, "reputation %s:%s score %d <= %d", kind, r[i].value,
                    total, j->cfg->rep_tempfail);
             rc = 1;
             goto out;
@@ -377,12 +341,13 @@ static int check_reputation(pol_job *j, int may_block, int64_t now)
 out:
     /* every record read, into the decision record (once: a check the
      * loop cannot finish runs again on a store thread) */
-    for (int i = 0; rc != -1 && i < n && (may_block || rc == 1 || !needs_store(j)); i++) {
+    for (int i = 0; rc != -1 && i < n && (may_block || rc == 1 || j->loop_counts || !needs_store(j));
+         i++) {
         g_autofree char *key = g_strdup_printf("%s:%s", mx_rep_kind_name(r[i].kind), r[i].value);
         g_autofree char *src = g_strdup_printf("%s%s%s", from_cache[i] ? "cache" : "store",
                                                got[i].source[0] ? ", set by " : "",
                                                got[i].source);
-        mx_trace_rep(j->trace, stage_names[j->stage], key, got[i].found, mx_rep_total(&got[i]),
+        mx_trace_rep(j->trace, mx_pol_stage_names[j->stage], key, got[i].found, mx_rep_total(&got[i]),
                      got[i].block, got[i].allow, src,
                      (uint64_t)(now > got[i].read_at ? now - got[i].read_at : 0));
     }
@@ -391,105 +356,6 @@ out:
     g_free(domain);
     g_free(sender);
     return rc;
-}
-
-static int rule_applies(const mx_rl_rule *r, mx_pol_stage st)
-{
-    int rcpt_key = r->key == MX_RL_RECIPIENT || r->key == MX_RL_RECIPIENT_DOMAIN;
-    switch (st) {
-    case MX_POL_CONNECT: return r->count == MX_RL_CONNECTIONS;
-    case MX_POL_MAIL: return r->count == MX_RL_MESSAGES && !rcpt_key;
-    case MX_POL_RCPT:
-        return r->count == MX_RL_RECIPIENTS || (r->count == MX_RL_MESSAGES && rcpt_key);
-    case MX_POL_DATA: return r->count == MX_RL_BYTES && !rcpt_key;
-    }
-    return 0;
-}
-
-static const char *const verdict_names[] = {"pass", "over", "unchecked", "store_down"};
-
-/* One rule's result: traced and logged; returns 1 if it refuses, and
- * when it is the first to (first) makes the refusal. */
-static int judge_limit(pol_job *j, const mx_rl_rule *r, const char *v, const mx_rl_result *rp,
-                       int connect, int first)
-{
-    const mx_rl_result res = *rp;
-    mx_trace_rule(j->trace, stage_names[j->stage], r->name, mx_rl_key_name(r->key),
-                  mx_rl_count_name(r->count), v, res.before, res.after, r->limit,
-                  res.local ? "counted on this node only (store down)"
-                            : verdict_names[res.verdict]);
-    int level = res.verdict == MX_RL_PASS && !res.local ? MX_LOG_DEBUG : MX_LOG_INFO;
-    if (mx_log_enabled(level)) {
-        GString *l = mx_log_begin(level, "ratelimit");
-        mx_log_kv(l, "sid", j->sid);
-        mx_log_kv(l, "trace", j->tid);
-        mx_log_kv(l, "rule", r->name);
-        mx_log_kv(l, mx_rl_key_name(r->key), v);
-        mx_log_kv(l, "count", mx_rl_count_name(r->count));
-        mx_log_kvi(l, "before", (int64_t)res.before);
-        mx_log_kvi(l, "after", (int64_t)res.after);
-        mx_log_kvi(l, "limit", (int64_t)r->limit);
-        mx_log_kv(l, "verdict", verdict_names[res.verdict]);
-        if (res.local)
-            mx_log_kv(l, "store", "down: counted on this node only");
-        mx_log_end(l);
-    }
-    if (res.verdict != MX_RL_OVER && res.verdict != MX_RL_STORE_DOWN)
-        return 0;
-    if (!first)
-        return 1;
-    if (res.verdict == MX_RL_OVER) {
-        int reject = r->action == MX_RL_REJECT;
-        refuse(j,
-               connect ? (reject ? MX_R_REP_CONNECT : MX_R_RATE_CONNECT)
-                       : (reject ? MX_R_RATE_REJECT : MX_R_RATE_TEMP),
-               connect, MX_OUT_REJECTED_RATELIMIT,
-               "ratelimit %s %s=%s %s %llu > %llu (retry in %d s)", r->name,
-               mx_rl_key_name(r->key), v, mx_rl_count_name(r->count),
-               (unsigned long long)res.after, (unsigned long long)r->limit, res.retry_after);
-        j->res.ratelimited = 1;
-        return 1;
-    }
-    refuse(j, connect ? MX_R_STORE_DOWN_CONNECT : MX_R_STORE_DOWN, connect, MX_OUT_TEMPFAILED,
-           "ratelimit %s: store unavailable and on_store_down = closed", r->name);
-    return 1;
-}
-
-/* Rate limits: every rule of the step counted in one store call (one
- * round trip); returns 1 when one refused, 0 to go on. */
-static int check_limits(pol_job *j, int64_t now)
-{
-    int connect = j->stage == MX_POL_CONNECT;
-    int nr = j->cfg->nrules;
-    const mx_rl_rule **rules = g_new(const mx_rl_rule *, nr ? nr : 1);
-    char **values = g_new(char *, nr ? nr : 1);
-    uint64_t *amounts = g_new(uint64_t, nr ? nr : 1);
-    mx_rl_result *results = g_new(mx_rl_result, nr ? nr : 1);
-    size_t n = 0;
-    for (int i = 0; i < nr; i++) {
-        const mx_rl_rule *r = &j->cfg->rules[i];
-        if (!rule_applies(r, j->stage))
-            continue;
-        char *v = mx_rl_value(r->key, j->ip, j->helo, j->from, j->rcpt);
-        if (!v)
-            continue;
-        rules[n] = r;
-        values[n] = v;
-        amounts[n++] = j->stage == MX_POL_DATA ? j->amount : 1;
-    }
-    mx_rl_hit_many(j->p->store, j->p->local, rules, (const char *const *)values, amounts, n, now,
-                   results);
-    /* every rule counted is traced; the first that refuses answers */
-    int refused = 0;
-    for (size_t i = 0; i < n; i++)
-        refused |= judge_limit(j, rules[i], values[i], &results[i], connect, !refused);
-    for (size_t i = 0; i < n; i++)
-        g_free(values[i]);
-    g_free(rules);
-    g_free(values);
-    g_free(amounts);
-    g_free(results);
-    return refused;
 }
 
 
@@ -526,7 +392,7 @@ static void lease_acquire(pol_job *j, int64_t now)
     g_free(kp);
     if (cur + prev > (uint64_t)j->cfg->cluster_client_concurrency) {
         mx_store_decr(j->p->store, k, 1);
-        refuse(j, MX_R_CONCURRENCY, 1, MX_OUT_REJECTED_RATELIMIT, "concurrency ip %s: %llu sessions > %d", j->ip,
+        mx_pol_refuse(j, MX_R_CONCURRENCY, 1, MX_OUT_REJECTED_RATELIMIT, "concurrency ip %s: %llu sessions > %d", j->ip,
                (unsigned long long)(cur + prev), j->cfg->cluster_client_concurrency);
     } else {
         j->lease = p;
@@ -606,7 +472,7 @@ static int needs_store(pol_job *j)
     if (j->stage == MX_POL_CONNECT && j->cfg->cluster_client_concurrency > 0)
         return 1;
     for (int i = 0; i < j->cfg->nrules; i++)
-        if (rule_applies(&j->cfg->rules[i], j->stage))
+        if (mx_pol_rule_applies(&j->cfg->rules[i], j->stage))
             return 1;
     return 0;
 }
@@ -618,7 +484,7 @@ static void evaluate(pol_job *j, int64_t now)
         if (check_reputation(j, 1, now) == 1 && j->res.refuse)
             return;
     }
-    if (!j->allowed && !check_limits(j, now) && j->stage == MX_POL_CONNECT &&
+    if (!j->allowed && !mx_pol_check_limits(j, now) && j->stage == MX_POL_CONNECT &&
         j->cfg->cluster_client_concurrency > 0)
         lease_acquire(j, now);
 }
@@ -639,6 +505,7 @@ static void job_free(pol_job *j)
     g_free(j->rcpt);
     mx_config_unref(j->cfg);
     mx_trace_unref(j->trace);
+    mx_pol_limits_free(j);
     g_free(j);
 }
 
@@ -666,7 +533,7 @@ static void deliver(pol_job *j)
         mx_session_process(s);
 }
 
-static void pol_done(mx_job *job)
+void mx_pol_done(mx_job *job)
 {
     pol_job *j = (pol_job *)job;
     mx_session *s = j->s;
@@ -703,10 +570,15 @@ void mx_policy_check(mx_session *s, mx_pol_stage stage, const char *value, uint6
     int64_t now = (int64_t)time(NULL);
     int rep = j->p->rep_enabled && j->cfg->rep_enabled && !j->allowed &&
               (stage == MX_POL_CONNECT || stage == MX_POL_MAIL);
-    int decided = 0;
+    /* Counters the loop can move itself: then the reputation read from the
+     * cache is final here (and traced here), not read again on a store
+     * thread. */
+    j->loop_counts = mx_pol_loop_may_count(j);
+    int decided = 0, rep_done = !rep;
     if (rep) {
         int r = check_reputation(j, 0, now);
         decided = r == 1;
+        rep_done = r == 0;
         if (r == 0 && !needs_store(j))
             decided = 1;
     } else if (!needs_store(j)) {
@@ -722,12 +594,17 @@ void mx_policy_check(mx_session *s, mx_pol_stage stage, const char *value, uint6
     j->allowed = s->pol_allowed;
     j->s = mx_session_ref(s);
     j->job.work = pol_work;
-    j->job.done = pol_done;
+    j->job.done = mx_pol_done;
     s->policy_wait = 1;
+    if (j->loop_counts && rep_done) {
+        if (mx_pol_limits_on_loop(j, now) == 0)
+            return; /* ends in mx_pol_done, on this loop */
+        j->job.work = mx_pol_limits_rest; /* the reputation is done */
+    }
     if (mx_offload_submit(srv->offload, &s->w->port, &j->job) != MX_OK) {
         /* The store pool is saturated: the same as a store that is down. */
         s->policy_wait = 0;
-        refuse(j, stage == MX_POL_CONNECT ? MX_R_STORE_DOWN_CONNECT : MX_R_STORE_DOWN,
+        mx_pol_refuse(j, stage == MX_POL_CONNECT ? MX_R_STORE_DOWN_CONNECT : MX_R_STORE_DOWN,
                stage == MX_POL_CONNECT, MX_OUT_TEMPFAILED, "policy queue full");
         mx_session_unref(s);
         cont(s, &j->res);
@@ -841,6 +718,16 @@ void mx_policy_metrics(mx_policy *p, GString *out)
             (unsigned long long)atomic_load(&st->commands),
             (unsigned long long)atomic_load(&st->combined));
     }
+    g_string_append_printf(
+        out,
+        "# HELP mxgate_ratelimit_steps_total Policy steps whose rate-limit counters were moved "
+        "from the session's event loop, or on a store thread (a new window, a sliding rule, a "
+        "lease, a server in trouble).\n"
+        "# TYPE mxgate_ratelimit_steps_total counter\n"
+        "mxgate_ratelimit_steps_total{counted=\"loop\"} %llu\n"
+        "mxgate_ratelimit_steps_total{counted=\"store_thread\"} %llu\n",
+        (unsigned long long)atomic_load(&p->steps_on_loop),
+        (unsigned long long)atomic_load(&p->steps_on_thread));
     g_string_append_printf(
         out,
         "# HELP mxgate_trace_records_dropped_total Decision records not kept: too many waiting, "

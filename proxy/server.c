@@ -16,6 +16,7 @@
 
 #include "log.h"
 #include "policy.h"
+#include "cntq.h"
 #include "server.h"
 #include "session.h"
 
@@ -80,7 +81,8 @@ static void check_done(mx_worker *w)
 {
     /* A scan still running for a closed session reports back to this
      * loop: wait for it. */
-    if (w->draining && g_queue_is_empty(&w->sessions) && w->port.inflight == 0) {
+    if (w->draining && g_queue_is_empty(&w->sessions) && w->port.inflight == 0 &&
+        mx_cntq_pending(w->cq) == 0) {
         ev_async_stop(w->loop, &w->wake);
         ev_break(w->loop, EVBREAK_ALL);
     }
@@ -211,6 +213,7 @@ void mx_server_join_free(mx_server *srv)
         g_free(w->lsn);
         g_free(w->lsn_conf);
         if (w->loop) {
+            mx_cntq_free(w->cq);
             mx_relay_pool_clear(&w->pool);
             mx_offload_port_close(&w->port);
             ev_loop_destroy(w->loop);

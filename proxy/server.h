@@ -39,6 +39,8 @@ typedef struct mx_worker {
     mx_offload_port port; /* blocking jobs (scans, store calls) finish here */
     mx_relay_pool pool;   /* idle backend connections for reuse */
     unsigned ticks;       /* of the worker's 0.2 s housekeeping timer */
+    struct mx_cntq *cq;   /* rate-limit counters sent from this loop (memcached) */
+    int cq_tried;         /* cq made, or found impossible */
 } mx_worker;
 
 struct mx_server {

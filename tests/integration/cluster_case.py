@@ -344,7 +344,8 @@ def exact_limit_run(test, nodes, fake, sender):
     # the counter moved through 1..30 exactly once, whichever node counted
     distinct = list({id(nd): nd for nd in nodes}.values())
     caught_up(*distinct)
-    events = [e for nd in distinct for e in ratelimit_events(nd, rule="per_sender")]
+    events = [e for nd in distinct
+              for e in ratelimit_events(nd, rule="per_sender", sender=sender.lower())]
     test.assertEqual(sorted(int(e["after"]) for e in events), list(range(1, n + 1)), events)
     for e in events:
         test.assertEqual(e["sender"], sender.lower())
@@ -361,6 +362,16 @@ def exact_limit_run(test, nodes, fake, sender):
         test.assertRegex(e["why"], r"^ratelimit per_sender sender=%s messages \d+ > 10 "
                          r"\(retry in \d+ s\)$" % re.escape(sender.lower()))
     return events
+
+
+def assert_counter(test, rule, window, value, expect):
+    """The rule's counter of the window now is in memcached under its
+    hidden key (nowhere in clear) and reads expect."""
+    now = int(time.time())
+    logical = counter_key(rule, window_start(now, window), value)
+    m = test.holder(logical)
+    test.assertIsNotNone(m, "counter %s not found in any memcached" % logical)
+    test.assertEqual(m.get(test.mckey(logical)), expect)
 
 
 def assert_history(test, node, sender, delivered):

@@ -21,14 +21,48 @@ class TestSharedLimits(ClusterCase):
         sender = "Bulk.Sender@Client.Test"
         away_from_boundary(3600, 10)
         exact_limit_run(self, nodes, fake, sender)
-        # the counter is in memcached under its hidden key, nowhere in clear
-        now = int(time.time())
-        logical = counter_key("per_sender", window_start(now, 3600), sender.lower())
-        m = self.holder(logical)
-        self.assertIsNotNone(m, "counter %s not found in any memcached" % logical)
-        self.assertEqual(m.get(self.mckey(logical)), b"30")
+        assert_counter(self, "per_sender", 3600, sender.lower(), b"30")
         # the sender's history, written by three nodes: the 10 delivered
         assert_history(self, nodes[2], sender.lower(), 10)
+        for nd in nodes:
+            self.assertExitsCleanly(nd)
+
+    def test_counted_from_the_loops_and_still_exact(self):
+        """Fixed windows are counted by the sessions' event loops on their
+        own memcached connections, next to the store threads that create a
+        new window's counter: the limit stays exact, and the loops did most
+        of the counting (mxgate_ratelimit_steps_total)."""
+        self.memcacheds(2)
+        fake = self.fake()
+        nodes = [self.node(fake, {"per_sender": SENDER_RULE}, **NO_PENALTY) for _ in range(3)]
+        away_from_boundary(3600, 10)
+        # every loop of every node makes its connections: a few sessions
+        # per node, with senders of their own (counted apart)
+        for k, nd in enumerate(nodes):
+            for i in range(6):
+                s = Session(nd)
+                try:
+                    _, final = s.message("warm-%d-%d@client.test" % (k, i), "warm")
+                    self.assertEqual(final.code, 250, final)
+                finally:
+                    s.close()
+        time.sleep(0.3)
+        self.assertEqual(subjects(fake), {"warm": 18})
+        del fake.accepted[:]  # exact_limit_run counts what the backend got
+
+        def steps(where):
+            return sum(metrics(nd).get('mxgate_ratelimit_steps_total{counted="%s"}' % where, 0)
+                       for nd in nodes)
+
+        loop0, thread0 = steps("loop"), steps("store_thread")
+        sender = "Loop.Sender@Client.Test"
+        exact_limit_run(self, nodes, fake, sender)
+        assert_counter(self, "per_sender", 3600, sender.lower(), b"30")
+        on_loop, on_thread = steps("loop") - loop0, steps("store_thread") - thread0
+        self.assertEqual(on_loop + on_thread, 30, (on_loop, on_thread))
+        # the first count of the window creates the counter: a store thread's
+        self.assertGreaterEqual(on_thread, 1, (on_loop, on_thread))
+        self.assertGreaterEqual(on_loop, 20, (on_loop, on_thread))
         for nd in nodes:
             self.assertExitsCleanly(nd)
 
