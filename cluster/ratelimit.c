@@ -207,10 +207,9 @@ void mx_rl_store_down(mx_store *local, const mx_rl_rule *r, const char *value, u
     }
 }
 
-char *mx_rl_counter_now(const mx_rl_rule *r, const char *value, int64_t now, int *ttl)
+char *mx_rl_counter_now(const mx_rl_rule *r, const char *value, int64_t now)
 {
     int64_t w = r->window > 0 ? r->window : 1;
-    *ttl = (int)(2 * w + 1); /* as count_many creates it */
     return counter_key(r, now - now % w, value);
 }
 

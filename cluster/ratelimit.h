@@ -109,14 +109,14 @@ void mx_rl_hit_many(mx_store *store, mx_store *local, const mx_rl_rule *const *r
                     mx_rl_result *out);
 
 /*
- * For a caller that moves a fixed rule's counter itself (an event loop
- * sending the increment; see proxy/policy_loop.c), in three steps that
- * together are mx_rl_hit: the counter of the window that holds now, and
- * the expiry it is created with; the verdict once it reads after (the
- * event included); and what the rule's on_store_down makes of a counter
- * the store could not move (the per-node limiter counts it for "local").
+ * For a caller that moves an existing fixed-window counter itself (an
+ * event loop sending the increment; see proxy/policy_limits.c), in three
+ * steps that together are mx_rl_hit: the counter of the window that holds
+ * now; the verdict once it reads after (the event included); and what the
+ * rule's on_store_down makes of a counter the store could not move (the
+ * per-node limiter counts it for "local").
  */
-char *mx_rl_counter_now(const mx_rl_rule *r, const char *value, int64_t now, int *ttl);
+char *mx_rl_counter_now(const mx_rl_rule *r, const char *value, int64_t now);
 void mx_rl_judge_counted(const mx_rl_rule *r, uint64_t amount, int64_t now, uint64_t after,
                          mx_rl_result *out);
 void mx_rl_store_down(mx_store *local, const mx_rl_rule *r, const char *value, uint64_t amount,

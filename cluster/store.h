@@ -217,11 +217,13 @@ static inline void mx_store_free(mx_store *s) { s->ops->destroy(s); }
  * the store's own calls keep. All but mx_store_loop_connect are safe on a
  * loop (computation and atomics).
  */
-#define MX_STORE_WIRE_KEY 40 /* "mx1:" + 32 hex digits + NUL, rounded up */
+#define MX_STORE_WIRE_KEY (4 + 32 + 1) /* "mx1:" + 32 hex digits + NUL */
 /* How many servers a loop may talk to: 0 when the store is not memcached. */
 int mx_store_loop_servers(mx_store *s);
-/* The server key goes to (-1: none known), and its name on the wire. */
-int mx_store_loop_route(mx_store *s, const char *key, char wire[MX_STORE_WIRE_KEY]);
+/* The server each of the n keys goes to (server[i] -1: none known), and
+ * its name on the wire. */
+void mx_store_loop_route(mx_store *s, const char *const *keys, size_t n,
+                         char (*wire)[MX_STORE_WIRE_KEY], int *server);
 /* The server's breaker is closed: calls may go there from a loop. */
 int mx_store_loop_ready(mx_store *s, int server);
 /* How a call to the server went (the breaker counts failures in a row). */

@@ -169,9 +169,7 @@ static void srv_io_reset(mc_store *s, srv_io *io)
     }
 }
 
-/* The server each key goes to (index into s->br; -1 unknown), and the
- * memcached keys. */
-static void place(mc_store *s, const char *const *keys, size_t n, mc_keybuf *pk, int *srv)
+void mc_place(mc_store *s, const char *const *keys, size_t n, mc_keybuf *pk, int *srv)
 {
     memcached_st *m = mc_borrow(s);
     for (size_t i = 0; i < n; i++) {
@@ -254,7 +252,7 @@ void mc_write_many(mx_store *base, const mx_store_write *w, size_t n, mx_store_r
     const char **keys = g_new(const char *, n ? n : 1);
     for (size_t i = 0; i < n; i++)
         keys[i] = w[i].key;
-    place(s, keys, n, pk, srv);
+    mc_place(s, keys, n, pk, srv);
     for (size_t i = 0; i < n; i++) {
         rcs[i] = MX_STORE_ERROR;
         if (srv[i] < 0)
@@ -301,7 +299,7 @@ static void incr_many_now(mx_store *base, const char *const *keys, const uint64_
     int *todo = g_new(int, n ? n : 1);       /* K_*, what is left for the key */
     size_t *line = g_new(size_t, n ? n : 1); /* key -> its decisive reply line */
     srv_io *io = g_new0(srv_io, s->nbr);
-    place(s, keys, n, pk, srv);
+    mc_place(s, keys, n, pk, srv);
     for (size_t i = 0; i < n; i++) {
         now[i] = 0;
         rcs[i] = MX_STORE_ERROR;

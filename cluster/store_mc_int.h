@@ -54,7 +54,7 @@ typedef struct mc_store {
     int comb_leading;
 } mc_store;
 
-#define MC_KEY_LEN (4 + 32 + 1) /* "mx1:" + 32 hex digits + NUL */
+#define MC_KEY_LEN MX_STORE_WIRE_KEY /* "mx1:" + 32 hex digits + NUL */
 typedef char mc_keybuf[MC_KEY_LEN];
 
 /* The memcached key of a logical key; the signed form of a record. */
@@ -90,6 +90,9 @@ void mc_write_many(mx_store *base, const mx_store_write *w, size_t n, mx_store_r
 void mc_incr_many(mx_store *base, const char *const *keys, const uint64_t *delta, const int *ttl,
                   size_t n, uint64_t *now, mx_store_rc *rcs);
 void mc_batch_init(mc_store *s);
+/* The server each key goes to (index into s->br; -1 unknown), and the
+ * memcached keys. */
+void mc_place(mc_store *s, const char *const *keys, size_t n, mc_keybuf *pk, int *srv);
 void mc_batch_clear(mc_store *s); /* closes the kept connections */
 
 #endif

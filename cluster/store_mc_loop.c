@@ -27,18 +27,16 @@ int mx_store_loop_servers(mx_store *s)
     return m ? m->nbr : 0;
 }
 
-int mx_store_loop_route(mx_store *s, const char *key, char wire[MX_STORE_WIRE_KEY])
+void mx_store_loop_route(mx_store *s, const char *const *keys, size_t n,
+                         char (*wire)[MX_STORE_WIRE_KEY], int *server)
 {
     mc_store *m = as_mc(s);
-    if (!m)
-        return -1;
-    mc_key(m, key, wire);
-    memcached_st *h = mc_borrow(m); /* placement only: no I/O */
-    if (!h)
-        return -1;
-    breaker *b = mc_breaker_for(m, h, wire);
-    mc_give_back(m, h);
-    return b ? (int)(b - m->br) : -1;
+    if (m) {
+        mc_place(m, keys, n, wire, server); /* placement only: no I/O */
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        server[i] = -1;
 }
 
 int mx_store_loop_ready(mx_store *s, int server)

@@ -381,11 +381,11 @@ int mx_cntq_incr(mx_cntq *q, const char *const *keys, const uint64_t *delta, siz
 {
     if (!q || n == 0)
         return -1;
-    part *parts = g_new0(part, n);
     int *to = g_new(int, n);
+    char (*wire)[MX_STORE_WIRE_KEY] = g_malloc(n * sizeof(*wire));
+    mx_store_loop_route(q->store, keys, n, wire, to);
     int ok = 1;
     for (size_t i = 0; i < n && ok; i++) {
-        to[i] = mx_store_loop_route(q->store, keys[i], parts[i].wire);
         if (to[i] < 0 || to[i] >= q->ns || !mx_store_loop_ready(q->store, to[i])) {
             ok = 0;
         } else if (q->s[to[i]].fd < 0) {
@@ -394,8 +394,8 @@ int mx_cntq_incr(mx_cntq *q, const char *const *keys, const uint64_t *delta, siz
         }
     }
     if (!ok) {
-        g_free(parts);
         g_free(to);
+        g_free(wire);
         return -1;
     }
     call *c = g_new0(call, 1);
@@ -405,10 +405,9 @@ int mx_cntq_incr(mx_cntq *q, const char *const *keys, const uint64_t *delta, siz
     c->rc = g_new0(mx_cnt_rc, n);
     c->val = g_new0(uint64_t, n);
     for (size_t i = 0; i < n; i++) {
-        parts[i].c = c;
-        parts[i].idx = i;
-        parts[i].delta = delta[i];
-        g_array_append_val(q->s[to[i]].wait, parts[i]);
+        part p = {.c = c, .idx = i, .delta = delta[i]};
+        memcpy(p.wire, wire[i], MX_STORE_WIRE_KEY);
+        g_array_append_val(q->s[to[i]].wait, p);
     }
     q->pending++;
     for (size_t i = 0; i < n; i++) {
@@ -416,7 +415,7 @@ int mx_cntq_incr(mx_cntq *q, const char *const *keys, const uint64_t *delta, siz
         if (!s->out->len && s->wait->len)
             send_batch(s);
     }
-    g_free(parts);
     g_free(to);
+    g_free(wire);
     return 0;
 }

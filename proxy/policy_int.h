@@ -87,8 +87,8 @@ int mx_pol_check_limits(pol_job *j, int64_t now);
 int mx_pol_limits_on_loop(pol_job *j, int64_t now);
 /* A store thread's part of the above: what the loop could not count. */
 void mx_pol_limits_rest(mx_job *job);
-/* Whether the loop may count this step's rules: fixed windows only, and
- * no concurrency lease to take. */
+/* Whether the loop may count this step's rules: memcached, fixed windows
+ * only, and no concurrency lease to take. */
 int mx_pol_loop_may_count(const pol_job *j);
 void mx_pol_limits_free(pol_job *j);
 

@@ -177,7 +177,10 @@ int mx_pol_check_limits(pol_job *j, int64_t now)
 
 int mx_pol_loop_may_count(const pol_job *j)
 {
-    if (j->allowed || (j->stage == MX_POL_CONNECT && j->cfg->cluster_client_concurrency > 0))
+    /* the embedded store counts on a store thread: its sweep runs inside a
+     * write, under its lock, which a loop must not wait for */
+    if (!j->p->memcached || j->allowed ||
+        (j->stage == MX_POL_CONNECT && j->cfg->cluster_client_concurrency > 0))
         return 0;
     int any = 0;
     for (int i = 0; i < j->cfg->nrules; i++) {
@@ -254,18 +257,14 @@ int mx_pol_limits_on_loop(pol_job *j, int64_t now)
     limits_collect(j, now);
     if (j->nlim == 0)
         return -1;
-    char **keys = g_new0(char *, j->nlim);
-    int rc = 0;
-    for (size_t i = 0; i < j->nlim; i++) {
-        int ttl;
+    for (size_t i = 0; i < j->nlim; i++)
         if (j->lim_amount[i] == 0) /* a look, not a count: a store thread's */
-            rc = -1;
-        keys[i] = mx_rl_counter_now(j->lim_rule[i], j->lim_value[i], j->lim_now, &ttl);
-    }
+            return -1;
+    char **keys = g_new0(char *, j->nlim);
+    for (size_t i = 0; i < j->nlim; i++)
+        keys[i] = mx_rl_counter_now(j->lim_rule[i], j->lim_value[i], j->lim_now);
     j->lim_t0 = g_get_monotonic_time();
-    if (rc == 0)
-        rc = mx_cntq_incr(w->cq, (const char *const *)keys, j->lim_amount, j->nlim, loop_counted,
-                          j);
+    int rc = mx_cntq_incr(w->cq, (const char *const *)keys, j->lim_amount, j->nlim, loop_counted, j);
     for (size_t i = 0; i < j->nlim; i++)
         g_free(keys[i]);
     g_free(keys);

@@ -97,10 +97,13 @@ static void run_for(fx *f, double secs)
 /* The n-th logical key under prefix that the store places on server srv. */
 static char *key_on(fx *f, const char *prefix, int srv, int nth)
 {
-    char wire[MX_STORE_WIRE_KEY];
+    char wire[1][MX_STORE_WIRE_KEY];
     for (int i = 0; i < 10000; i++) {
         char *k = g_strdup_printf("%s%d", prefix, i);
-        if (mx_store_loop_route(f->store, k, wire) == srv && nth-- == 0)
+        const char *one[1] = {k};
+        int to;
+        mx_store_loop_route(f->store, one, 1, wire, &to);
+        if (to == srv && nth-- == 0)
             return k;
         g_free(k);
     }
