@@ -182,13 +182,7 @@ def vm_kib(pid, key):
 
 def scan_queue(gw):
     """mxgate_scan_queue from /metrics: scans queued or running."""
-    import http.client
-    c = http.client.HTTPConnection(mt.HOST, gw.admin_port, timeout=5)
-    try:
-        c.request("GET", "/metrics")
-        text = c.getresponse().read().decode("utf-8", "replace")
-    finally:
-        c.close()
+    text = mt.scrape_metrics(gw)
     m = re.search(r"^mxgate_scan_queue (\d+)$", text, re.M)
     if not m:
         raise AssertionError("no mxgate_scan_queue in /metrics:\n" + text)

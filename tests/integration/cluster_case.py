@@ -38,7 +38,6 @@ on libmemcached's ketama placement, and can tamper with a record.
 import calendar
 import hashlib
 import hmac
-import http.client
 import os
 import re
 import secrets
@@ -192,23 +191,7 @@ def subjects(fake):
     return out
 
 
-def metrics(node):
-    """/metrics as {"name{labels}": float}."""
-    c = http.client.HTTPConnection(mt.HOST, node.admin_port, timeout=5)
-    try:
-        c.request("GET", "/metrics")
-        text = c.getresponse().read().decode("utf-8", "replace")
-    finally:
-        c.close()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            try:
-                out[name] = float(value)
-            except ValueError:
-                pass
-    return out
+metrics = mt.metrics
 
 
 def raw_lines(node):

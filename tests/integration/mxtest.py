@@ -41,6 +41,7 @@ delivered file. Postfix's smtpd prepends exactly one "Received:" header
 prepends exactly one "Received:" header too.
 """
 
+import http.client
 import os
 import re
 import select
@@ -237,16 +238,19 @@ class Mxgate:
                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, timeout=20, text=True, errors="replace")
 
-    def health(self, timeout=5):
-        """GET /health on the admin port: (status, body)."""
-        import http.client
+    def admin_get(self, path, timeout=5):
+        """GET path on the admin port: (status, body)."""
         c = http.client.HTTPConnection(HOST, self.admin_port, timeout=timeout)
         try:
-            c.request("GET", "/health")
+            c.request("GET", path)
             r = c.getresponse()
             return r.status, r.read().decode("utf-8", "replace")
         finally:
             c.close()
+
+    def health(self, timeout=5):
+        """GET /health on the admin port: (status, body)."""
+        return self.admin_get("/health", timeout)
 
     def client(self, source=None, timeout=20, read_banner=True):
         c = SmtpClient(self.port, source=source, timeout=timeout)
@@ -431,6 +435,27 @@ class SmtpClient:
 
 
 # ---------------------------------------------------------------- test base
+
+def scrape_metrics(gw):
+    """The text of GET /metrics on the gateway's admin listener (200 or raise)."""
+    status, body = gw.admin_get("/metrics")
+    if status != 200:
+        raise AssertionError("GET /metrics: %d %s" % (status, body))
+    return body
+
+
+def metrics(gw):
+    """/metrics as {"name{labels}": float}."""
+    out = {}
+    for line in scrape_metrics(gw).splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                pass
+    return out
+
 
 def first_reply(port, source=None, timeout=5):
     """The first reply a connection (from source) gets: the banner, or a

@@ -20,7 +20,6 @@ node with two memcached servers (so the breaker and store lines are there):
     mxgate_backend_errors_total{kind="connect"}.
 """
 
-import http.client
 import os
 import re
 import secrets
@@ -69,17 +68,7 @@ def promtool_path():
     return path
 
 
-def scrape(node):
-    c = http.client.HTTPConnection(mt.HOST, node.admin_port, timeout=5)
-    try:
-        c.request("GET", "/metrics")
-        r = c.getresponse()
-        body = r.read().decode("utf-8")
-        if r.status != 200:
-            raise AssertionError("GET /metrics: %d %s" % (r.status, body))
-        return body
-    finally:
-        c.close()
+scrape = mt.scrape_metrics
 
 
 def parse(text):
