@@ -1,7 +1,7 @@
 /*
- * benchmsg.h: the benchmark's message, shared by mxload.c (which sends it)
- * and clscan.c (which scans it with libclamav alone), so both measure the
- * same bytes.
+ * benchmsg.h: the benchmark's message, shared by mxload_session.c (which
+ * sends it) and clscan.c (which scans it with libclamav alone), so both
+ * measure the same bytes.
  *
  * Headers, then a text body of 76-character lines of pseudo-random
  * letters and digits (the same for every call), CRLF line ends, `size`

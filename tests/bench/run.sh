@@ -35,7 +35,7 @@
 #
 # Settings (environment):
 #   MXGATE=path      daemon binary (default: build/proxy/mxgate; built if absent)
-#   MXLOAD=path      load generator (default: compiled from mxload.c into the work dir)
+#   MXLOAD=path      load generator (default: compiled from mxload*.c into the work dir)
 #   DURATION=1.5     measured seconds per run
 #   WARMUP=0.5       seconds per run before measuring starts
 #   REPEAT=5         runs per scenario and path; the table shows medians
@@ -191,8 +191,9 @@ if [ -n "${MXLOAD:-}" ]; then
     MXLOAD_BIN=$MXLOAD
 else
     MXLOAD_BIN=$WORK/mxload
-    ${CC:-cc} -std=c11 -O2 -Wall -Wextra -o "$MXLOAD_BIN" "$HERE/mxload.c" -lssl -lcrypto ||
-        die "cannot compile mxload.c (it needs the OpenSSL headers: libssl-dev)"
+    ${CC:-cc} -std=c11 -O2 -Wall -Wextra -o "$MXLOAD_BIN" "$HERE/mxload.c" \
+        "$HERE/mxload_session.c" "$HERE/mxload_tls.c" "$HERE/mxload_stats.c" -lssl -lcrypto ||
+        die "cannot compile mxload (it needs the OpenSSL headers: libssl-dev)"
 fi
 
 # clscan: libclamav alone, one thread, mxgate's options (clscan.c).

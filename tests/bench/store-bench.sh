@@ -34,7 +34,9 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 W=$(mktemp -d)
 port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 SINK=$(port); P1=$(port); P2=$(port)
-gcc -std=c11 -D_GNU_SOURCE -O2 -o $W/mxload $ROOT/tests/bench/mxload.c -lssl -lcrypto
+BENCH=$ROOT/tests/bench
+gcc -std=c11 -D_GNU_SOURCE -O2 -o $W/mxload $BENCH/mxload.c $BENCH/mxload_session.c \
+    $BENCH/mxload_tls.c $BENCH/mxload_stats.c -lssl -lcrypto
 NCPU=$(nproc)
 OTHERS=0-$((NCPU - 2)); LAST=$((NCPU - 1))
 smtp-sink -u nobody 127.0.0.1:$SINK 512 & SINKPID=$!
