@@ -15,7 +15,6 @@
 #include "session_int.h"
 #include "policy_int.h"
 
-
 typedef struct pending_trace {
     char *key;
     GBytes *rec;
@@ -222,7 +221,6 @@ void mx_policy_free(mx_policy *p)
 mx_store *mx_policy_store(mx_policy *p) { return p->store; }
 
 /* ---- checks ---- */
-
 
 const char *const mx_pol_stage_names[] = {"connect", "mail", "rcpt", "data"};
 
